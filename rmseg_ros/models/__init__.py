@@ -1,0 +1,1 @@
+"""Model code shared by the nodes and the training pipelines."""

@@ -1,0 +1,1 @@
+"""Offline training pipelines (import rmseg_ros; never imported by it)."""

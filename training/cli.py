@@ -1,0 +1,53 @@
+"""`rmseg-train <stage>`: one command for every offline pipeline (DESIGN.md section 6).
+
+Stages are registered in STAGES as `module:function` strings so that importing the CLI stays
+cheap (no torch import for `--help`) and a stage that has not landed fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# stage -> (implementation 'module:function' or None while not built, one-line description)
+STAGES: dict[str, tuple[str | None, str]] = {
+    'sim': (None, 'render four-modality bags with ground truth in the simulator'),
+    'dataset': (None, 'turn bags into cached, synchronised training shards'),
+    'teacher': (None, 'train the full-modality teacher (RMMSS stage 1)'),
+    'robust': (None, 'train the robust model with modality dropout + HPDM'),
+    'fsm': (None, 'train the Feature Selection Module over frozen teacher + robust model'),
+    'robult': (None, 'train with the Robult soft-PU contrastive + reconstruction losses'),
+    'rss': (None, 'train segmentation from rewards (RSS)'),
+    'robotseg': (None, 'train the RobotSeg video model from first-frame masks'),
+    'evaluate': (None, 'evaluate a checkpoint over the 15 modality subsets and failure cases'),
+    'export': (None, 'export a deployable checkpoint (safetensors + JSON metadata)'),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='rmseg-train',
+        description='Offline training pipelines of rmseg_ros, all reading rosbag2 recordings.',
+    )
+    sub = parser.add_subparsers(dest='stage', required=True, metavar='STAGE')
+    for name, (_, help_text) in STAGES.items():
+        stage = sub.add_parser(name, help=help_text, description=help_text)
+        stage.add_argument('--config', help='YAML config of the stage')
+        stage.add_argument('--out', help='run directory (config, metrics, checkpoints)')
+        stage.add_argument('--smoke', action='store_true', help='seconds-long run for tests')
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    target, _ = STAGES[args.stage]
+    if target is None:
+        sys.stderr.write(f'rmseg-train {args.stage}: not built yet\n')
+        return 2
+    module_name, func_name = target.split(':')
+    return int(getattr(importlib.import_module(module_name), func_name)(args, extra) or 0)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
