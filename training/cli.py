@@ -13,7 +13,7 @@ import sys
 # stage -> (implementation 'module:function' or None while not built, one-line description)
 STAGES: dict[str, tuple[str | None, str]] = {
     'sim': (None, 'render four-modality bags with ground truth in the simulator'),
-    'dataset': (None, 'turn bags into cached, synchronised training shards'),
+    'dataset': ('training.data.cli:run', 'turn bags into cached, synchronised training shards'),
     'teacher': (None, 'train the full-modality teacher (RMMSS stage 1)'),
     'robust': (None, 'train the robust model with modality dropout + HPDM'),
     'fsm': (None, 'train the Feature Selection Module over frozen teacher + robust model'),

@@ -1,0 +1,45 @@
+"""The class table (config/classes.yaml): names, colours, ignore index.
+
+Every checkpoint carries its class list; nodes compare it with this table and refuse a mismatch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rmseg_ros.config import config_path, load_yaml
+
+
+@dataclass(frozen=True)
+class ClassTable:
+    names: tuple[str, ...]
+    colors: np.ndarray  # (N, 3) uint8 RGB
+    ignore_index: int = 255
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> ClassTable:
+        data = load_yaml(path or config_path('classes.yaml'))
+        entries = sorted(data['classes'], key=lambda c: c['id'])
+        ids = [c['id'] for c in entries]
+        if ids != list(range(len(ids))):
+            raise ValueError(f'class ids must be 0..N-1 without gaps, got {ids}')
+        ignore = int(data.get('ignore_index', 255))
+        if ignore < len(ids):
+            raise ValueError(f'ignore_index {ignore} collides with a class id')
+        colors = np.array([c['color'] for c in entries], dtype=np.uint8).reshape(-1, 3)
+        return cls(tuple(c['name'] for c in entries), colors, ignore)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+    def palette(self) -> np.ndarray:
+        """(256, 3) uint8 lookup table: class colours, black for unknown ids and ignore."""
+        lut = np.zeros((256, 3), dtype=np.uint8)
+        lut[: len(self.names)] = self.colors
+        return lut

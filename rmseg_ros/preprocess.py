@@ -1,0 +1,291 @@
+"""Synchronised sensor messages -> model inputs: the same code in nodes and training.
+
+Two steps, both ROS-free:
+1. `frame_from_messages` turns a synchronised set of messages (rclpy or rosbags messages: the
+   conversions are duck-typed) into a `RawFrame` of numpy arrays;
+2. `build_model_input` turns a `RawFrame` into per-modality float32 tensors (C, H, W) at the model
+   resolution, aligned to the camera, plus the presence mask in the fixed order rgb, depth, lidar,
+   event, and the reasons any modality was judged degraded.
+
+Model tensors (channels, see `modalities.input_channels`):
+- rgb:   3, (x / 255 - mean) / std
+- depth: 2, metres / depth_max_m (0 where invalid), validity
+- lidar: 3, range / lidar_max_range_m, intensity / lidar_intensity_scale, validity
+- event: B, signed voxel grid (ON +, OFF -) scaled by 1 / event_scale and clipped to [-1, 1]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from rmseg_ros import conversions
+from rmseg_ros.camera import CameraIntrinsics
+from rmseg_ros.depth import depth_to_metres, resize_depth
+from rmseg_ros.events import event_image_to_voxel, events_to_voxel
+from rmseg_ros.lidar_projection import lidar_to_image
+from rmseg_ros.modalities import MODALITIES
+
+DROP, FEED = 'drop', 'feed'
+
+
+@dataclass
+class DegradedConfig:
+    """Thresholds that mark a modality 'degraded', and whether a degraded one is fed or dropped."""
+
+    rgb_dark_mean: float = 0.04  # mean intensity in [0, 1] below which RGB is under-exposed
+    rgb_saturated_fraction: float = 0.85  # fraction of pixels >= 250 making RGB over-exposed
+    rgb_min_std: float = 0.01  # a (nearly) uniform frame carries no information
+    depth_min_valid_fraction: float = 0.02
+    lidar_min_points_in_view: int = 20
+    event_max_rate_per_pixel: float = 50.0  # events per pixel per window: a hot-pixel storm
+    policy: dict[str, str] = field(
+        default_factory=lambda: {'rgb': DROP, 'depth': DROP, 'lidar': DROP, 'event': DROP})
+
+
+@dataclass
+class FrontendConfig:
+    """Model resolution and normalisation; checkpoints carry the values they were trained with."""
+
+    height: int = 240
+    width: int = 320
+    rgb_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    rgb_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    depth_min_m: float = 0.1
+    depth_max_m: float = 20.0
+    lidar_max_range_m: float = 50.0
+    lidar_intensity_scale: float = 255.0
+    event_bins: int = 5
+    event_window_s: float = 0.05
+    event_scale: float = 4.0
+    degraded: DegradedConfig = field(default_factory=DegradedConfig)
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.height, self.width
+
+
+@dataclass
+class EventBatch:
+    """Raw events: pixel coordinates, time (ns, int64) and polarity (ON > 0)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    t_ns: np.ndarray
+    p: np.ndarray
+
+
+@dataclass
+class RawFrame:
+    """One synchronised sample as numpy arrays, before resizing/normalisation."""
+
+    stamp_ns: int
+    camera: CameraIntrinsics
+    rgb: np.ndarray | None = None  # (H, W, 3) uint8, RGB order
+    depth: np.ndarray | None = None  # raw depth image
+    depth_encoding: str = '32FC1'
+    lidar_xyz: np.ndarray | None = None  # (N, 3) float in the LiDAR frame
+    lidar_intensity: np.ndarray | None = None  # (N,)
+    T_cam_lidar: np.ndarray = field(default_factory=lambda: np.eye(4))
+    events: EventBatch | None = None
+    event_image: np.ndarray | None = None  # a pre-rendered event image instead of raw events
+    event_sensor_hw: tuple[int, int] | None = None  # defaults to the camera's size
+
+
+@dataclass
+class ModelInput:
+    stamp_ns: int
+    tensors: dict[str, np.ndarray]  # modality -> (C, H, W) float32, only for present modalities
+    presence: np.ndarray  # bool[4], order of modalities.MODALITIES
+    degraded: dict[str, str]  # modality -> reason, for every modality judged degraded
+    overlay_rgb: np.ndarray | None = None  # (H, W, 3) uint8 at model size, for overlays
+
+    @property
+    def present(self) -> tuple[str, ...]:
+        return tuple(m for m, on in zip(MODALITIES, self.presence, strict=True) if on)
+
+
+# ----------------------------------------------------------------------------- messages -> frame
+
+def _events_from_cloud(msg: Any) -> EventBatch:
+    cloud = conversions.pointcloud2_to_array(msg).reshape(-1)
+    names = cloud.dtype.names or ()
+    missing = {'x', 'y', 't', 'p'} - set(names)
+    if missing:
+        raise ValueError(f'event cloud lacks fields {sorted(missing)} (has {list(names)})')
+    t = cloud['t']
+    t_ns = (t * 1e9).astype(np.int64) if np.issubdtype(t.dtype, np.floating) else t.astype(np.int64)
+    return EventBatch(cloud['x'].astype(np.int64), cloud['y'].astype(np.int64), t_ns,
+                      cloud['p'].astype(np.int8))
+
+
+def frame_from_messages(stamp_ns: int, messages: dict[str, Any], camera: CameraIntrinsics,
+                        T_cam_lidar: np.ndarray | None = None,
+                        event_sensor_hw: tuple[int, int] | None = None) -> RawFrame:
+    """Decode a synchronised set {modality: message} into a RawFrame.
+
+    'rgb': Image or CompressedImage; 'depth': Image (16UC1 mm or 32FC1 m); 'lidar': PointCloud2
+    with x, y, z [, intensity]; 'event': PointCloud2 with x, y, t, p or a pre-rendered Image.
+    Raises ValueError (naming the modality) on malformed input.
+    """
+    frame = RawFrame(stamp_ns=stamp_ns, camera=camera, event_sensor_hw=event_sensor_hw)
+    if T_cam_lidar is not None:
+        frame.T_cam_lidar = np.asarray(T_cam_lidar, dtype=np.float64)
+    for modality, msg in messages.items():
+        try:
+            if modality == 'rgb':
+                frame.rgb = conversions.image_to_rgb(msg)
+            elif modality == 'depth':
+                frame.depth = conversions.image_to_numpy(msg)
+                frame.depth_encoding = msg.encoding
+            elif modality == 'lidar':
+                cloud = conversions.pointcloud2_to_array(msg).reshape(-1)
+                names = cloud.dtype.names or ()
+                if not {'x', 'y', 'z'} <= set(names):
+                    raise ValueError(f'cloud lacks x, y, z (has {list(names)})')
+                frame.lidar_xyz = np.stack([cloud['x'], cloud['y'], cloud['z']], axis=1)
+                if 'intensity' in names:
+                    frame.lidar_intensity = cloud['intensity'].astype(np.float32)
+            elif modality == 'event':
+                if hasattr(msg, 'fields'):
+                    frame.events = _events_from_cloud(msg)
+                else:
+                    frame.event_image = conversions.image_to_numpy(msg)
+            else:
+                raise ValueError(f'unknown modality {modality!r}; known: {list(MODALITIES)}')
+        except ValueError as exc:
+            raise ValueError(f'{modality}: {exc}') from exc
+    return frame
+
+
+# ----------------------------------------------------------------------------- frame -> tensors
+
+def _check_aspect(name: str, hw: tuple[int, int], camera: CameraIntrinsics) -> None:
+    """Camera-aligned images may differ in resolution from the camera but not in aspect."""
+    h, w = hw
+    if abs(w * camera.height - h * camera.width) > max(w, h, camera.width, camera.height):
+        raise ValueError(f'{name}: size {w}x{h} does not match the camera '
+                         f'{camera.width}x{camera.height} (different aspect ratio)')
+
+
+def normalize_rgb(rgb_small: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
+    """(H, W, 3) uint8 RGB at model size -> (3, H, W) float32 normalised (shared with training)."""
+    std = np.asarray(cfg.rgb_std, dtype=np.float32)
+    tensor = rgb_small.astype(np.float32)
+    tensor *= 1.0 / (255.0 * std)
+    tensor -= np.asarray(cfg.rgb_mean, dtype=np.float32) / std
+    return np.ascontiguousarray(tensor.transpose(2, 0, 1))
+
+
+def rgb_degraded_reason(rgb_small: np.ndarray, d: DegradedConfig) -> str | None:
+    """Why an RGB frame carries no usable information (dark, saturated, uniform), or None."""
+    gray = cv2.cvtColor(rgb_small, cv2.COLOR_RGB2GRAY)
+    mean, std = cv2.meanStdDev(gray)
+    mean, std = float(mean[0, 0]) / 255.0, float(std[0, 0]) / 255.0
+    if mean < d.rgb_dark_mean:
+        return f'under-exposed (mean {mean:.3f})'
+    if np.count_nonzero(gray >= 250) > d.rgb_saturated_fraction * gray.size:
+        return 'over-exposed (saturated)'
+    if std < d.rgb_min_std:
+        return f'uniform image (std {std:.4f})'
+    return None
+
+
+def _rgb_tensor(rgb: np.ndarray, cfg: FrontendConfig) -> tuple[np.ndarray, np.ndarray, str | None]:
+    h, w = cfg.hw
+    small = rgb
+    if rgb.shape[:2] != (h, w):
+        small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+    small = np.ascontiguousarray(small)
+    return normalize_rgb(small, cfg), small, rgb_degraded_reason(small, cfg.degraded)
+
+
+def _depth_tensor(frame: RawFrame, cfg: FrontendConfig) -> tuple[np.ndarray, str | None]:
+    _check_aspect('depth', frame.depth.shape[:2], frame.camera)
+    metres, valid = depth_to_metres(frame.depth, frame.depth_encoding,
+                                    cfg.depth_min_m, cfg.depth_max_m)
+    metres, valid = resize_depth(metres, valid, cfg.hw)
+    tensor = np.empty((2, *cfg.hw), dtype=np.float32)
+    np.multiply(metres, 1.0 / cfg.depth_max_m, out=tensor[0])
+    tensor[1] = valid
+    fraction = float(np.count_nonzero(valid)) / valid.size
+    reason = None
+    if fraction < cfg.degraded.depth_min_valid_fraction:
+        reason = f'{fraction:.1%} valid depth pixels'
+    return tensor, reason
+
+
+def _lidar_tensor(frame: RawFrame, cfg: FrontendConfig) -> tuple[np.ndarray, str | None]:
+    xyz = frame.lidar_xyz
+    image = lidar_to_image(xyz, frame.lidar_intensity, frame.T_cam_lidar, frame.camera, cfg.hw)
+    tensor = np.empty((3, *cfg.hw), dtype=np.float32)
+    np.multiply(image.range, 1.0 / cfg.lidar_max_range_m, out=tensor[0])
+    np.minimum(tensor[0], 1.0, out=tensor[0])
+    np.multiply(image.intensity, 1.0 / cfg.lidar_intensity_scale, out=tensor[1])
+    tensor[2] = image.mask
+    hits = int(np.count_nonzero(image.mask))
+    reason = None
+    if len(xyz) == 0:
+        reason = 'empty cloud'
+    elif hits < cfg.degraded.lidar_min_points_in_view:
+        reason = f'{hits} points in the camera view'
+    return tensor, reason
+
+
+def _event_tensor(frame: RawFrame, cfg: FrontendConfig) -> tuple[np.ndarray, str | None]:
+    sensor_hw = frame.event_sensor_hw or (frame.camera.height, frame.camera.width)
+    if frame.events is not None:
+        ev = frame.events
+        reason = None
+        if len(ev.t_ns):
+            t_end = int(ev.t_ns.max())
+            t_start = t_end - int(cfg.event_window_s * 1e9)
+            voxel = events_to_voxel(ev.x, ev.y, ev.t_ns, ev.p, cfg.event_bins, sensor_hw,
+                                    cfg.hw, t_range=(t_start, t_end))
+            rate = len(ev.t_ns) / float(sensor_hw[0] * sensor_hw[1])
+            if rate > cfg.degraded.event_max_rate_per_pixel:
+                reason = f'{rate:.1f} events per pixel (storm)'
+        else:
+            voxel = np.zeros((cfg.event_bins, *cfg.hw), dtype=np.float32)
+    else:
+        _check_aspect('event image', frame.event_image.shape[:2], frame.camera)
+        voxel = event_image_to_voxel(frame.event_image, cfg.event_bins, cfg.hw)
+        reason = None
+    voxel = np.clip(voxel * (1.0 / cfg.event_scale), -1.0, 1.0).astype(np.float32, copy=False)
+    return voxel, reason
+
+
+def build_model_input(frame: RawFrame, cfg: FrontendConfig) -> ModelInput:
+    """RawFrame -> per-modality tensors at cfg.hw + presence + degraded reasons.
+
+    A degraded modality is kept or removed according to cfg.degraded.policy; either way the
+    reason is reported so diagnostics can show it.
+    """
+    tensors: dict[str, np.ndarray] = {}
+    degraded: dict[str, str] = {}
+    overlay = None
+    if frame.rgb is not None:
+        _check_aspect('rgb', frame.rgb.shape[:2], frame.camera)
+        tensors['rgb'], overlay, reason = _rgb_tensor(frame.rgb, cfg)
+        if reason:
+            degraded['rgb'] = reason
+    if frame.depth is not None:
+        tensors['depth'], reason = _depth_tensor(frame, cfg)
+        if reason:
+            degraded['depth'] = reason
+    if frame.lidar_xyz is not None:
+        tensors['lidar'], reason = _lidar_tensor(frame, cfg)
+        if reason:
+            degraded['lidar'] = reason
+    if frame.events is not None or frame.event_image is not None:
+        tensors['event'], reason = _event_tensor(frame, cfg)
+        if reason:
+            degraded['event'] = reason
+    for modality in degraded:
+        if cfg.degraded.policy.get(modality, DROP) == DROP:
+            tensors.pop(modality, None)
+    presence = np.array([m in tensors for m in MODALITIES], dtype=bool)
+    return ModelInput(frame.stamp_ns, tensors, presence, degraded, overlay)

@@ -1,0 +1,1 @@
+"""Bags -> synchronised samples -> cached shards -> a PyTorch Dataset."""
