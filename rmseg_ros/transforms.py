@@ -12,21 +12,51 @@ from collections import deque
 import numpy as np
 
 
-def transform_from_translation_quaternion(xyz, quat_xyzw) -> np.ndarray:
-    """4x4 T from a translation and a unit quaternion (x, y, z, w), as in geometry_msgs."""
-    x, y, z, w = (float(v) for v in quat_xyzw)
-    n = x * x + y * y + z * z + w * w
-    if n < 1e-12:
-        raise ValueError('zero-length quaternion')
-    s = 2.0 / n
-    T = np.eye(4)
-    T[:3, :3] = [
-        [1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w)],
-        [s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w)],
-        [s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y)],
-    ]
-    T[:3, 3] = [float(v) for v in xyz]
-    return T
+def transform_from_xyz_rpy(
+    xyz: np.ndarray | list[float], rpy: np.ndarray | list[float]
+) -> np.ndarray:
+    """4x4 transform from a translation and roll/pitch/yaw (radians) in the ROS/URDF convention:
+    fixed axes X, Y, Z, i.e. R = Rz(yaw) @ Ry(pitch) @ Rx(roll) (as tf2's setRPY)."""
+    roll, pitch, yaw = (float(a) for a in rpy)
+    cr, sr = np.cos(roll), np.sin(roll)
+    cp, sp = np.cos(pitch), np.sin(pitch)
+    cy, sy = np.cos(yaw), np.sin(yaw)
+    rot = np.array(
+        [
+            [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+            [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+            [-sp, cp * sr, cp * cr],
+        ]
+    )
+    return _compose(rot, xyz)
+
+
+def transform_from_xyz_quat(
+    xyz: np.ndarray | list[float], quat_xyzw: np.ndarray | list[float]
+) -> np.ndarray:
+    """4x4 transform from a translation and a quaternion in ROS order (x, y, z, w); the quaternion
+    is normalised because values read from parameters are often rounded."""
+    q = np.asarray(quat_xyzw, dtype=np.float64).reshape(4)
+    norm = np.linalg.norm(q)
+    if not np.isfinite(norm) or norm < 1e-12:
+        raise ValueError(f'invalid quaternion {q.tolist()} (x, y, z, w)')
+    x, y, z, w = q / norm
+    rot = np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+    return _compose(rot, xyz)
+
+
+def _compose(rot: np.ndarray, xyz: np.ndarray | list[float]) -> np.ndarray:
+    tf = np.eye(4)
+    tf[:3, :3] = rot
+    tf[:3, 3] = np.asarray(xyz, dtype=np.float64).reshape(3)
+    return tf
+
 
 
 def invert(T: np.ndarray) -> np.ndarray:
@@ -60,7 +90,7 @@ class TransformTree:
         count = 0
         for stamped in tf_message.transforms:
             t, q = stamped.transform.translation, stamped.transform.rotation
-            T = transform_from_translation_quaternion((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+            T = transform_from_xyz_quat((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
             self.add(stamped.header.frame_id, stamped.child_frame_id, T)
             count += 1
         return count

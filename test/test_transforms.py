@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rmseg_ros.transforms import TransformTree, invert, transform_from_translation_quaternion
+from rmseg_ros.transforms import TransformTree, invert, transform_from_xyz_quat
 
 
 def _rot_z(deg: float) -> np.ndarray:
@@ -15,7 +15,7 @@ def _rot_z(deg: float) -> np.ndarray:
 
 def test_quaternion_matches_rotation_about_z():
     half = np.deg2rad(90) / 2
-    T = transform_from_translation_quaternion((1, 2, 3), (0, 0, np.sin(half), np.cos(half)))
+    T = transform_from_xyz_quat((1, 2, 3), (0, 0, np.sin(half), np.cos(half)))
     np.testing.assert_allclose(T[:3, :3], _rot_z(90)[:3, :3], atol=1e-12)
     np.testing.assert_allclose(T @ [1, 0, 0, 1], [1, 3, 3, 1], atol=1e-12)
 
@@ -41,5 +41,5 @@ def test_unknown_frame_and_zero_quaternion_raise():
     tree.add('a', 'b', np.eye(4))
     with pytest.raises(LookupError, match='no transform'):
         tree.lookup('a', 'c')
-    with pytest.raises(ValueError, match='quaternion'):
-        transform_from_translation_quaternion((0, 0, 0), (0, 0, 0, 0))
+    with pytest.raises(ValueError, match='invalid quaternion'):
+        transform_from_xyz_quat((0, 0, 0), (0, 0, 0, 0))
