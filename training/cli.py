@@ -12,16 +12,21 @@ import sys
 
 # stage -> (implementation 'module:function' or None while not built, one-line description)
 STAGES: dict[str, tuple[str | None, str]] = {
-    'sim': (None, 'render four-modality bags with ground truth in the simulator'),
+    'sim': ('training.sim.cli:run', 'render four-modality bags with ground truth in the simulator'),
     'dataset': ('training.data.cli:run', 'turn bags into cached, synchronised training shards'),
-    'teacher': (None, 'train the full-modality teacher (RMMSS stage 1)'),
-    'robust': (None, 'train the robust model with modality dropout + HPDM'),
-    'fsm': (None, 'train the Feature Selection Module over frozen teacher + robust model'),
+    'teacher': ('training.rmmss.stages:run_teacher',
+                'train the full-modality teacher (RMMSS stage 1)'),
+    'robust': ('training.rmmss.stages:run_robust',
+               'train the robust model with modality dropout + HPDM'),
+    'fsm': ('training.rmmss.stages:run_fsm',
+            'train the Feature Selection Module over frozen teacher + robust model'),
     'robult': (None, 'train with the Robult soft-PU contrastive + reconstruction losses'),
     'rss': (None, 'train segmentation from rewards (RSS)'),
     'robotseg': (None, 'train the RobotSeg video model from first-frame masks'),
-    'evaluate': (None, 'evaluate a checkpoint over the 15 modality subsets and failure cases'),
-    'export': (None, 'export a deployable checkpoint (safetensors + JSON metadata)'),
+    'evaluate': ('training.evaluate:run',
+                 'evaluate a checkpoint over the 15 modality subsets and failure cases'),
+    'export': ('training.export:run',
+               'export a deployable checkpoint (safetensors + JSON metadata)'),
 }
 
 
