@@ -19,7 +19,7 @@ export PYTHONPATH := $(CURDIR)
 COLCON := $(VENV)/bin/colcon --log-base log
 COLCON_COMMON := --paths . --build-base build --install-base install
 
-.PHONY: help setup build test test-slow lint bench demo data clean
+.PHONY: help setup build test test-slow lint bench demo data demo-bag clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -49,7 +49,22 @@ lint: setup  ## ruff
 	$(VENV)/bin/ruff check .
 
 bench: setup  ## every benchmark script, one figure per line
-	@for b in bench/*.py; do echo "# $$b"; $(PY) $$b; done
+	@for b in bench/*.py; do echo "# $$b"; TQDM_DISABLE=1 $(PY) $$b; done
+
+# The default data set (deterministic from the seeds; regenerated, never committed).
+DATA ?= data
+DATA_SCENES ?= 40
+DATA_FRAMES ?= 30
+TRAIN := $(PY) -m training.cli
+
+data: setup  ## render the default sim data set and cache its shards (data/)
+	$(TRAIN) sim --out $(DATA)/sim --scenes $(DATA_SCENES) --frames $(DATA_FRAMES) --seed 0
+	for split in train val test; do \
+	  $(TRAIN) dataset --bags $(DATA)/sim/$$split --out $(DATA)/cache/$$split; done
+
+demo-bag: setup  ## the demo recording: one scene with a LiDAR dropout and an under-exposed stretch
+	$(TRAIN) sim --out $(DATA)/demo --scenes 1 --frames 80 --seed 1000 --compression zstd \
+	  --failures under_exposure:fraction=0.25 drop:modalities=lidar,gaps=1,gap_s=2.0
 
 demo: setup  ## main job on the bundled data and weights
 	@echo "make demo: not built yet (issue 'Perception node, launch, bringup and the demo')" >&2; exit 2

@@ -17,6 +17,7 @@ from training.data.bag_samples import BagSampleReader, DatasetConfig
 from training.data.cli import build_cache, find_bags
 from training.data.dataset import AugmentConfig, ShardDataset, random_modality_subset
 from training.data.shards import Shard
+from training.data.tensor_failures import TENSOR_FAILURES
 from training.sim import bag_writer as bw
 
 CAM = CameraIntrinsics.from_fov(160, 120, 80.0)
@@ -164,3 +165,47 @@ def test_bag_without_camera_info_is_a_clear_error(tmp_path):
         list(BagSampleReader(tmp_path / 'bag', config, config.frontend()))
     summary = build_cache([tmp_path / 'bag'], tmp_path / 'cache', config)
     assert summary['built'] == 0 and 'no CameraInfo' in summary['failed'][0]
+
+
+def _row(frontend, rng):
+    h, w = frontend.hw
+    depth = np.stack([np.full((h, w), 3.0 / frontend.depth_max_m, np.float32),
+                      np.ones((h, w), np.float32)])
+    lidar = np.zeros((3, h, w), np.float32)
+    lidar[0, ::4, ::4], lidar[2, ::4, ::4] = 10.0 / frontend.lidar_max_range_m, 1.0
+    event = np.zeros((frontend.event_bins, h, w), np.float32)
+    event[2, 10:14, 20:24] = 0.5
+    return {'rgb': rng.integers(60, 200, (h, w, 3)).astype(np.uint8), 'depth': depth,
+            'lidar': lidar, 'event': event}
+
+
+@pytest.mark.parametrize('name', sorted(TENSOR_FAILURES))
+def test_tensor_failures_change_only_their_modality(name):
+    frontend = DatasetConfig.load().frontend()
+    rng = np.random.default_rng(0)
+    row = _row(frontend, rng)
+    before = {k: v.copy() for k, v in row.items()}
+    TENSOR_FAILURES[name](row, rng, frontend)
+    target = {'depth_noise': 'depth', 'lidar_jitter': 'lidar', 'low_res_events': 'event',
+              'event_noise': 'event'}.get(name, 'rgb')
+    for key in row:
+        changed = not np.array_equal(row[key], before[key])
+        assert changed == (key == target), (name, key)
+
+
+def test_tensor_failure_semantics():
+    frontend = DatasetConfig.load().frontend()
+    rng = np.random.default_rng(1)
+    row = _row(frontend, rng)
+    TENSOR_FAILURES['under_exposure'](row, rng, frontend)
+    assert row['rgb'].mean() < 0.3 * 130
+    row = _row(frontend, rng)
+    mass = row['event'].sum()
+    TENSOR_FAILURES['low_res_events'](row, rng, frontend)
+    assert np.isclose(row['event'].sum(), mass) and (row['event'][2] > 0).sum() > 16
+    row = _row(frontend, rng)
+    hits = row['lidar'][2].copy()
+    TENSOR_FAILURES['lidar_jitter'](row, rng, frontend)
+    assert np.array_equal(row['lidar'][2], hits)  # points move in range, not in existence
+    err = np.abs(row['lidar'][0][hits > 0] * frontend.lidar_max_range_m - 10.0)
+    assert 0.02 < err.mean() < 0.08

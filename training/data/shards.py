@@ -96,8 +96,8 @@ class Shard:
         return int(self.meta['count'])
 
     def tensors(self, i: int) -> dict[str, np.ndarray]:
-        """Row i as numpy arrays (copies, safe to modify)."""
-        return {k: np.array(v[i]) for k, v in self.arrays.items()}
+        """Row i as read-only views of the memory maps (copy before modifying)."""
+        return {k: v[i] for k, v in self.arrays.items()}
 
 
 def presence_counts(shards: Iterable[Shard]) -> dict[str, int]:
