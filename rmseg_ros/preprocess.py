@@ -260,7 +260,8 @@ def _event_tensor(frame: RawFrame, cfg: FrontendConfig) -> tuple[np.ndarray, str
         _check_aspect('event image', frame.event_image.shape[:2], frame.camera)
         voxel = event_image_to_voxel(frame.event_image, cfg.event_bins, cfg.hw)
         reason = None
-    voxel = np.clip(voxel * (1.0 / cfg.event_scale), -1.0, 1.0).astype(np.float32, copy=False)
+    voxel *= np.float32(1.0 / cfg.event_scale)
+    np.clip(voxel, -1.0, 1.0, out=voxel)
     return voxel, reason
 
 

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
+    from rmseg_ros.runtime import tune_malloc
+
+    tune_malloc()
     target, _ = STAGES[args.stage]
     if target is None:
         sys.stderr.write(f'rmseg-train {args.stage}: not built yet\n')
