@@ -1,0 +1,651 @@
+"""Run infrastructure shared by every training pipeline (RMMSS, Robult, RSS, RobotSeg).
+
+A run directory holds what is needed to trust and continue a run:
+- `config.yaml`: the resolved configuration (a resumed run must be given the same one);
+- `metrics.jsonl`: one JSON object per line (training logs and validation results);
+- `checkpoints/step_XXXXXXXX.safetensors`: model weights, the optimizer state flattened into
+  tensors, and the step / epoch / position in the epoch / RNG states as JSON metadata. No pickle
+  anywhere: a checkpoint is untrusted input. Each file is written to a temporary name and renamed
+  into place, so an interrupted write never leaves a partial checkpoint under a real name.
+
+`Trainer` knows nothing about any particular method: it takes a model, a loss function
+`loss_fn(model, batch, ctx) -> (loss, logs)`, a dataset and optimiser/run configs. Data order is a
+pure function of (seed, epoch): a resumed run skips the batches already seen in the interrupted
+epoch and continues with the same order, and per-step randomness comes from `ctx.generator`,
+seeded by (seed, rank, step), so a resumed run takes the same steps as an uninterrupted one.
+
+Multi-process: start with `torchrun --nproc_per_node N`; `distributed()` reads the torchrun
+environment and picks gloo on CPU and nccl on CUDA. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+log = logging.getLogger('rmseg-train')
+
+CHECKPOINT_KIND = 'rmseg-train-checkpoint'
+CHECKPOINT_RE = re.compile(r'^step_(\d{8})\.safetensors$')
+MODEL_PREFIX = 'model/'
+OPTIM_PREFIX = 'optim/'
+RNG_PREFIX = 'rng/'
+# config keys (or sections) that may change when a run is resumed: they do not change what is
+# trained, only how long, where and how it is observed
+RESUME_IGNORE = ('run.steps', 'run.device', 'run.num_workers', 'run.progress', 'run.log_every',
+                 'run.ckpt_every', 'run.keep_checkpoints', 'run.val_every', 'validate',
+                 'evaluate')
+
+
+# ----------------------------------------------------------------------------- configs
+
+@dataclass
+class OptimConfig:
+    name: str = 'adamw'  # adamw | sgd
+    lr: float = 6e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9  # sgd only
+    schedule: str = 'poly'  # poly | cosine | constant (after warm-up)
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # floor of the schedule, as a fraction of lr
+    grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
+
+
+@dataclass
+class RunConfig:
+    steps: int = 1000  # optimiser steps of the whole run
+    batch_size: int = 4  # per process
+    num_workers: int = 2
+    log_every: int = 10
+    ckpt_every: int = 200
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    val_every: int = 0  # 0: validate only at the end (when a validation function is given)
+    seed: int = 0
+    device: str = 'auto'  # auto | cpu | cuda | cuda:N
+    find_unused_parameters: bool = True  # DDP: modalities absent from a batch leave stems unused
+    progress: bool = True  # tqdm bar on rank 0
+
+
+# ----------------------------------------------------------------------------- config files
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """`base` updated recursively by `override` (new dict; mappings merge, other values replace)."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_stage_config(raw: dict, stage: str, smoke: bool = False) -> dict:
+    """One pipeline file -> the config of one stage.
+
+    The file's top-level sections are shared; `stages: {name: {...}}` overrides them for one
+    stage, and `smoke: {...}` (top level, then inside the stage) shrinks a run to seconds.
+    """
+    base = {k: v for k, v in raw.items() if k not in ('stages', 'smoke')}
+    stage_raw = dict((raw.get('stages') or {}).get(stage) or {})
+    stage_smoke = stage_raw.pop('smoke', None) or {}
+    out = deep_merge(base, stage_raw)
+    if smoke:
+        out = deep_merge(out, raw.get('smoke') or {})
+        out = deep_merge(out, stage_smoke)
+    return out
+
+
+def config_hash(config: dict) -> str:
+    """Short, stable hash of a resolved config (goes into exported checkpoints)."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _flatten(d: Any, prefix: str = '') -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f'{prefix}.{k}' if prefix else str(k)))
+    return out
+
+
+def config_differences(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two configs (`ignore`: keys or sections)."""
+    fa, fb = _flatten(a), _flatten(b)
+    keys = sorted(set(fa) | set(fb))
+    skip = tuple(ignore)
+    return [k for k in keys if fa.get(k) != fb.get(k)
+            and not any(k == i or k.startswith(i + '.') for i in skip)]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        tmp.write_text(text, encoding='utf-8')
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device('cpu'))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> CUDA when available (one GPU per process under torchrun), else CPU."""
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'cuda':
+        if not torch.cuda.is_available():
+            raise RuntimeError('device cuda requested but CUDA is not available')
+        return torch.device('cuda', local_rank % torch.cuda.device_count())
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def distributed(device: str = 'auto') -> Iterator[DistContext]:
+    """Process-group context from torchrun's environment (single process when absent)."""
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    dev = resolve_device(device, local_rank)
+    started = False
+    if world > 1 and not dist.is_initialized():
+        if dev.type == 'cuda':
+            torch.cuda.set_device(dev)
+        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
+        started = True
+    try:
+        yield DistContext(rank, world, local_rank, dev)
+    finally:
+        if started and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- data order
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start inside an epoch (to resume after an interruption)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
+                         drop_last=len(dataset) >= num_replicas)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.start:])
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start)
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _ckpt_io():  # imported lazily: the model package is developed alongside
+    from rmseg_ros.models import checkpoint
+
+    return checkpoint
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / 'checkpoints' / f'step_{step:08d}.safetensors'
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the run's checkpoints, newest first (temporary files are ignored)."""
+    folder = Path(run_dir) / 'checkpoints'
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def load_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, meta = _ckpt_io().load_checkpoint(path)
+    if meta.get('kind') != CHECKPOINT_KIND:
+        raise ValueError(f'{path}: not a training checkpoint (kind {meta.get("kind")!r})')
+    return tensors, meta
+
+
+def model_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's state dict inside a training checkpoint."""
+    n = len(MODEL_PREFIX)
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+
+
+def latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, torch.Tensor], dict] | None:
+    """Newest checkpoint of a run that loads; an unreadable one is skipped with a warning."""
+    for _, path in list_checkpoints(run_dir):
+        try:
+            tensors, meta = load_training_checkpoint(path)
+        except Exception as exc:  # corrupt or foreign file: fall back to the previous one
+            log.warning('%s: unreadable checkpoint skipped: %s', path, exc)
+            continue
+        return path, tensors, meta
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """optimizer.state_dict() -> (tensors keyed optim/<param>/<key>, JSON-able rest)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entries in state['state'].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f'{OPTIM_PREFIX}{pid}/{key}'] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = _jsonable(value)
+    return tensors, {'param_groups': _jsonable(state['param_groups']), 'scalars': scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith(OPTIM_PREFIX):
+            pid, key = name[len(OPTIM_PREFIX):].split('/', 1)
+            state.setdefault(int(pid), {})[key] = value
+    for pid, entries in meta.get('scalars', {}).items():
+        state.setdefault(int(pid), {}).update(entries)
+    groups = meta['param_groups']
+    for g in groups:
+        if 'betas' in g:
+            g['betas'] = tuple(g['betas'])
+    return {'state': state, 'param_groups': groups}
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        'torch': torch.get_rng_state(),
+        'cuda': [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        'numpy': [np_state[0], np_state[1].tolist(), *map(_jsonable, np_state[2:])],
+        'python': [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+    n = state['numpy']
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+    p = state['python']
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def save_training_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                             progress: dict, rng_states: list[dict], extra_meta: dict) -> None:
+    """Write one checkpoint (atomically, as rmseg_ros.models.checkpoint writes every file)."""
+    tensors = {MODEL_PREFIX + k: v.detach().cpu().contiguous().clone()
+               for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
+    tensors.update(opt_tensors)
+    rng_meta = []
+    for rank, st in enumerate(rng_states):
+        tensors[f'{RNG_PREFIX}{rank}/torch'] = st['torch'].cpu()
+        for i, s in enumerate(st['cuda']):
+            tensors[f'{RNG_PREFIX}{rank}/cuda{i}'] = s.cpu()
+        rng_meta.append({'cuda': len(st['cuda']), 'numpy': st['numpy'], 'python': st['python']})
+    meta = {**extra_meta, 'kind': CHECKPOINT_KIND, **progress, 'optimizer': opt_meta,
+            'rng': rng_meta}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _ckpt_io().save_checkpoint(path, tensors, meta)  # atomic: temporary file + os.replace
+
+
+def _rng_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict, rank: int) -> dict | None:
+    entries = meta.get('rng') or []
+    if rank >= len(entries):
+        return None
+    e = entries[rank]
+    return {'torch': tensors[f'{RNG_PREFIX}{rank}/torch'],
+            'cuda': [tensors[f'{RNG_PREFIX}{rank}/cuda{i}'] for i in range(e['cuda'])],
+            'numpy': e['numpy'], 'python': e['python']}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+@dataclass
+class StepContext:
+    """What a loss function may need besides the model and the batch."""
+
+    step: int  # 1-based index of the step being taken
+    epoch: int
+    generator: torch.Generator  # seeded by (seed, rank, step): reproducible after a resume
+    device: torch.device
+    module: nn.Module  # the model without its DDP wrapper
+
+
+LossFn = Callable[[nn.Module, dict, StepContext], tuple[torch.Tensor, dict[str, Any]]]
+ValFn = Callable[[nn.Module, int], dict[str, float]]
+
+
+def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
+    """Multiplier of the base learning rate for 0-based `step` (linear warm-up, then decay)."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, total - cfg.warmup_steps)
+    t = min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.schedule == 'poly':
+        f = (1.0 - t) ** cfg.poly_power
+    elif cfg.schedule == 'cosine':
+        f = 0.5 * (1.0 + math.cos(math.pi * t))
+    elif cfg.schedule == 'constant':
+        f = 1.0
+    else:
+        raise ValueError(f'unknown schedule {cfg.schedule!r} (poly, cosine, constant)')
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * f
+
+
+def build_optimizer(param_groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Groups may carry `lr_scale` (e.g. a larger learning rate for a last layer)."""
+    groups = []
+    for g in param_groups:
+        params = [p for p in g['params'] if p.requires_grad]
+        if params:
+            groups.append({'params': params, 'lr_scale': float(g.get('lr_scale', 1.0)),
+                           'lr': cfg.lr * float(g.get('lr_scale', 1.0))})
+    if not groups:
+        raise ValueError('the model has no trainable parameters')
+    if cfg.name == 'adamw':
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas),
+                                 weight_decay=cfg.weight_decay)
+    if cfg.name == 'sgd':
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    raise ValueError(f'unknown optimizer {cfg.name!r} (adamw, sgd)')
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    return int.from_bytes(hashlib.sha256(f'{seed}:{rank}:{step}'.encode()).digest()[:8],
+                          'little') & ((1 << 63) - 1)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    checkpoint: Path | None
+    resumed_from: int | None
+    last_logs: dict[str, float]
+    last_val: dict[str, float]
+
+
+class Trainer:
+    """A generic, resumable, optionally distributed training loop."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, train_set: Dataset, run: RunConfig,
+                 optim: OptimConfig, out_dir: str | Path, config: dict, *,
+                 ctx: DistContext | None = None, param_groups: list[dict] | None = None,
+                 val_fn: ValFn | None = None, checkpoint_meta: dict | None = None,
+                 collate_fn: Callable | None = None,
+                 on_checkpoint: Callable[[nn.Module, int], None] | None = None,
+                 resume_ignore: tuple[str, ...] = RESUME_IGNORE) -> None:
+        self.ctx = ctx or DistContext(device=resolve_device(run.device))
+        self.model = model.to(self.ctx.device)
+        self.loss_fn = loss_fn
+        self.train_set = train_set
+        self.run = run
+        self.optim_cfg = optim
+        self.out = Path(out_dir)
+        self.config = config
+        self.val_fn = val_fn
+        self.checkpoint_meta = dict(checkpoint_meta or {})
+        self.collate_fn = collate_fn
+        self.on_checkpoint = on_checkpoint
+        self.resume_ignore = resume_ignore
+        groups = param_groups or [{'params': list(self.model.parameters())}]
+        self.optimizer = build_optimizer(groups, optim)
+        self.trainable = [p for g in self.optimizer.param_groups for p in g['params']]
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.resumed_from: int | None = None
+        self.last_checkpoint: Path | None = None
+        self._saved_step = -1
+        if self.ctx.distributed:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.ctx.device.index] if self.ctx.device.type == 'cuda'
+                else None, find_unused_parameters=run.find_unused_parameters)
+        else:
+            self.ddp = self.model
+
+    # -- run directory
+    def _prepare_run_dir(self) -> None:
+        """Write config.yaml (or check it against a run being resumed); clear stale temp files."""
+        cfg_file = self.out / 'config.yaml'
+        if cfg_file.exists() and list_checkpoints(self.out):  # every rank checks: all fail alike
+            old = yaml.safe_load(cfg_file.read_text()) or {}
+            diff = config_differences(old, self.config, self.resume_ignore)
+            if diff:
+                raise ValueError(
+                    f'{self.out} holds a run with another config (differs in {diff}); '
+                    f'resume it with the same config or choose another --out')
+        self.ctx.barrier()
+        if self.ctx.is_main:
+            (self.out / 'checkpoints').mkdir(parents=True, exist_ok=True)
+            for stale in (self.out / 'checkpoints').glob('.*.tmp*'):
+                stale.unlink(missing_ok=True)
+            atomic_write_text(cfg_file, yaml.safe_dump(self.config, sort_keys=False))
+        self.ctx.barrier()
+
+    def log_metrics(self, record: dict) -> None:
+        if not self.ctx.is_main:
+            return
+        line = json.dumps(_jsonable(record), allow_nan=True)
+        with open(self.out / 'metrics.jsonl', 'a', encoding='utf-8') as f:
+            f.write(line + '\n')
+
+    def _resume(self) -> None:
+        found = latest_checkpoint(self.out)
+        if found is None:
+            torch.manual_seed(self.run.seed + self.ctx.rank)
+            return
+        path, tensors, meta = found
+        self.model.load_state_dict(model_weights(tensors))
+        self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta['optimizer']))
+        self.step, self.epoch = int(meta['step']), int(meta['epoch'])
+        self.batch_in_epoch = int(meta['batch_in_epoch'])
+        if int(meta.get('world_size', 1)) != self.ctx.world_size:
+            log.warning('resuming a %s-process run with %s processes: the data order differs',
+                        meta.get('world_size'), self.ctx.world_size)
+            self.batch_in_epoch = 0
+            self.epoch += 1
+        rng = _rng_from_checkpoint(tensors, meta, self.ctx.rank)
+        if rng is not None:
+            _set_rng_state(rng)
+        else:
+            torch.manual_seed(self.run.seed + self.ctx.rank + self.step)
+        self.resumed_from = self.step
+        self.last_checkpoint = path
+        self._saved_step = self.step
+        if self.ctx.is_main:
+            log.info('resumed from %s (step %d)', path, self.step)
+
+    def save(self) -> Path:
+        """Checkpoint the current state (collective: every rank must call it)."""
+        states = [_rng_state()]
+        if self.ctx.distributed:  # every rank's RNG state, so each resumes its own stream
+            gathered: list[Any] = [None] * self.ctx.world_size
+            dist.all_gather_object(gathered, states[0])
+            states = gathered
+        path = checkpoint_path(self.out, self.step)
+        if self.ctx.is_main:
+            if self.on_checkpoint is not None:  # e.g. invariants: raise before anything is written
+                self.on_checkpoint(self.model, self.step)
+            progress = {'step': self.step, 'epoch': self.epoch,
+                        'batch_in_epoch': self.batch_in_epoch,
+                        'world_size': self.ctx.world_size, 'seed': self.run.seed,
+                        'config_hash': config_hash(self.config)}
+            save_training_checkpoint(path, self.model, self.optimizer, progress, states,
+                                     self.checkpoint_meta)
+            for _, old in list_checkpoints(self.out)[max(1, self.run.keep_checkpoints):]:
+                old.unlink(missing_ok=True)
+        self.last_checkpoint = path
+        self._saved_step = self.step
+        self.ctx.barrier()
+        return path
+
+    def _loader(self, sampler: ResumableSampler) -> DataLoader:
+        gen = torch.Generator().manual_seed(_step_seed(self.run.seed, -1, self.epoch))
+        return DataLoader(self.train_set, batch_size=self.run.batch_size, sampler=sampler,
+                          num_workers=self.run.num_workers, collate_fn=self.collate_fn,
+                          pin_memory=self.ctx.device.type == 'cuda', generator=gen,
+                          drop_last=False)
+
+    def _validate(self) -> dict[str, float]:
+        result: dict[str, float] = {}
+        if self.val_fn is not None and self.ctx.is_main:
+            was_training = self.model.training
+            self.model.eval()
+            with torch.no_grad():
+                result = dict(self.val_fn(self.model, self.step))
+            self.model.train(was_training)
+            self.log_metrics({'split': 'val', 'step': self.step, 'epoch': self.epoch, **result})
+        self.ctx.barrier()
+        return result
+
+    def _reduce_logs(self, sums: dict[str, float], count: int) -> dict[str, float]:
+        keys = sorted(sums)
+        values = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
+        if self.ctx.distributed:
+            values = values.to(self.ctx.device)
+            dist.all_reduce(values)
+            values = values.cpu()
+        n = max(values[-1].item(), 1.0)
+        return {k: values[i].item() / n for i, k in enumerate(keys)}
+
+    def fit(self) -> TrainResult:
+        run = self.run
+        self._prepare_run_dir()
+        self._resume()
+        sampler = ResumableSampler(self.train_set, self.ctx.world_size, self.ctx.rank, run.seed)
+        if len(self.train_set) == 0 or sampler.num_samples == 0:
+            raise ValueError('the training set is empty')
+        self.model.train()
+        bar = tqdm(total=run.steps, initial=self.step, desc=str(self.out.name), unit='step',
+                   disable=not (run.progress and self.ctx.is_main), dynamic_ncols=True)
+        sums: dict[str, float] = {}
+        count, samples, t0 = 0, 0, time.perf_counter()
+        last_logs: dict[str, float] = {}
+        last_val: dict[str, float] = {}
+        while self.step < run.steps:
+            sampler.set_epoch(self.epoch)
+            sampler.start = self.batch_in_epoch * run.batch_size
+            if hasattr(self.train_set, 'set_epoch'):
+                self.train_set.set_epoch(self.epoch)
+            loader = self._loader(sampler)
+            batches_in_epoch = self.batch_in_epoch + len(loader)
+            for batch in loader:
+                step = self.step + 1
+                lr_f = lr_factor(self.step, run.steps, self.optim_cfg)
+                for g in self.optimizer.param_groups:
+                    g['lr'] = self.optim_cfg.lr * g.get('lr_scale', 1.0) * lr_f
+                gen = torch.Generator(device='cpu').manual_seed(
+                    _step_seed(run.seed, self.ctx.rank, step))
+                sctx = StepContext(step, self.epoch, gen, self.ctx.device, self.model)
+                batch = move_to(batch, self.ctx.device)
+                loss, logs = self.loss_fn(self.ddp, batch, sctx)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f'loss is {loss.item()} at step {step}')
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.optim_cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.trainable, self.optim_cfg.grad_clip)
+                self.optimizer.step()
+                self.step = step
+                self.batch_in_epoch += 1
+                if self.batch_in_epoch >= batches_in_epoch:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                for k, v in {'loss': loss, **logs}.items():
+                    v = v.detach() if isinstance(v, torch.Tensor) else v
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+                samples += len(batch['index']) if isinstance(batch, dict) and 'index' in batch \
+                    else run.batch_size
+                bar.update(1)
+                if step % run.log_every == 0 or step == run.steps:
+                    last_logs = self._reduce_logs(sums, count)
+                    dt = time.perf_counter() - t0
+                    self.log_metrics({'split': 'train', 'step': step, 'epoch': self.epoch,
+                                      'lr': self.optim_cfg.lr * lr_f, **last_logs,
+                                      'samples_per_s': samples * self.ctx.world_size / dt,
+                                      'time': time.time()})
+                    bar.set_postfix(loss=f'{last_logs["loss"]:.4f}')
+                    sums, count, samples, t0 = {}, 0, 0, time.perf_counter()
+                if run.val_every and step % run.val_every == 0 and step != run.steps:
+                    last_val = self._validate()
+                if step % run.ckpt_every == 0 or step == run.steps:
+                    self.save()
+                if self.step >= run.steps:
+                    break
+        bar.close()
+        if self.val_fn is not None:
+            last_val = self._validate()
+        if self._saved_step != self.step:
+            self.save()
+        return TrainResult(self.step, self.last_checkpoint, self.resumed_from, last_logs,
+                           last_val)

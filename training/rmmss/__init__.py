@@ -1,0 +1,1 @@
+"""RMMSS: teacher -> robust model (modality dropout + HPDM) -> Feature Selection Module."""
