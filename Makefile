@@ -19,7 +19,7 @@ export PYTHONPATH := $(CURDIR)
 COLCON := $(VENV)/bin/colcon --log-base log
 COLCON_COMMON := --paths . --build-base build --install-base install
 
-.PHONY: help setup build test test-slow lint bench demo data demo-bag clean
+.PHONY: help setup build test test-slow lint bench demo data demo-bag weights results clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -61,6 +61,24 @@ data: setup  ## render the default sim data set and cache its shards (data/)
 	$(TRAIN) sim --out $(DATA)/sim --scenes $(DATA_SCENES) --frames $(DATA_FRAMES) --seed 0
 	for split in train val test; do \
 	  $(TRAIN) dataset --bags $(DATA)/sim/$$split --out $(DATA)/cache/$$split; done
+
+# RMMSS on the default data (DESIGN.md section 5). *_STEPS override the config's budgets.
+RMMSS ?= training/configs/rmmss.yaml
+RUNS ?= runs/rmmss
+steps = $(if $(1),--steps $(1))
+weights: setup  ## RMMSS: teacher -> robust (HPDM) + dropout-only baseline -> FSM student (runs/)
+	$(TRAIN) teacher --config $(RMMSS) --out $(RUNS)/teacher $(call steps,$(TEACHER_STEPS))
+	$(TRAIN) robust --config $(RMMSS) --out $(RUNS)/robust \
+	  --teacher $(RUNS)/teacher/model.safetensors $(call steps,$(ROBUST_STEPS))
+	$(TRAIN) robust --config $(RMMSS) --out $(RUNS)/dropout --no-distill \
+	  --teacher $(RUNS)/teacher/model.safetensors $(call steps,$(ROBUST_STEPS))
+	$(TRAIN) fsm --config $(RMMSS) --out $(RUNS)/fsm --teacher $(RUNS)/teacher/model.safetensors \
+	  --robust $(RUNS)/robust/model.safetensors $(call steps,$(FSM_STEPS))
+
+results: setup  ## evaluate the four RMMSS models on the test split (runs/rmmss/eval_*)
+	for m in teacher dropout robust fsm; do \
+	  $(TRAIN) evaluate --config $(RMMSS) --checkpoint $(RUNS)/$$m/model.safetensors \
+	    --shards '$(DATA)/cache/test/*' --out $(RUNS)/eval_$$m; done
 
 demo-bag: setup  ## the demo recording: one scene with a LiDAR dropout and an under-exposed stretch
 	$(TRAIN) sim --out $(DATA)/demo --scenes 1 --frames 80 --seed 1000 --compression zstd \
