@@ -25,25 +25,14 @@ from rmseg_ros.modalities import MODALITIES
 from rmseg_ros.preprocess import FrontendConfig, ModelInput, build_model_input, frame_from_messages
 from rmseg_ros.sync import ModalitySynchronizer, SyncConfig
 from rmseg_ros.transforms import TransformTree
+from training.topics import Topics
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class TopicMap:
-    rgb: str = 'camera/image'
-    depth: str = 'depth/image'
-    lidar: str = 'lidar/points'
-    event: str = 'events'
-    camera_info: str = 'camera/camera_info'
-    semantic: str = 'labels/semantic'
-    robot: str = 'labels/robot'
-    tf_static: str = '/tf_static'
-
-
-@dataclass
 class DatasetConfig:
-    topics: TopicMap = field(default_factory=TopicMap)
+    topics: Topics = field(default_factory=Topics)
     camera_frame: str | None = None
     lidar_frame: str | None = None
     extrinsic: list | None = None

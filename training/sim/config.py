@@ -11,6 +11,7 @@ from typing import Any
 
 from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.config import from_dict, load_yaml
+from training.topics import Topics
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / 'configs' / 'sim.yaml'
 
@@ -81,20 +82,6 @@ class SceneConfig:
 
 
 @dataclass
-class TopicConfig:
-    rgb: str = 'camera/image'
-    camera_info: str = 'camera/camera_info'
-    depth: str = 'depth/image'
-    lidar: str = 'lidar/points'
-    events: str = 'events'
-    labels: str = 'labels/semantic'
-    robot_mask: str = 'labels/robot'
-    joint_states: str = 'joint_states'
-    tf_static: str = '/tf_static'
-    tf: str = '/tf'
-
-
-@dataclass
 class FrameConfig:
     world: str = 'world'
     base: str = 'base_link'
@@ -117,7 +104,7 @@ class SimConfig:
     lidar: LidarConfig = field(default_factory=LidarConfig)
     events: EventConfig = field(default_factory=EventConfig)
     scene: SceneConfig = field(default_factory=SceneConfig)
-    topics: TopicConfig = field(default_factory=TopicConfig)
+    topics: Topics = field(default_factory=Topics)
     frames: FrameConfig = field(default_factory=FrameConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -23,7 +23,8 @@ from rmseg_ros.classes import ClassTable
 from rmseg_ros.lidar_projection import lidar_to_image
 from rmseg_ros.transforms import TransformTree
 from training.sim.bag_writer import TYPESTORE
-from training.sim.config import SimConfig, TopicConfig
+from training.sim.config import SimConfig
+from training.topics import Topics
 
 
 def read_messages(path: str | Path, topics: set[str] | None = None
@@ -62,7 +63,7 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
-def make_montage(bag: str | Path, frames: int = 4, topics: TopicConfig | None = None,
+def make_montage(bag: str | Path, frames: int = 4, topics: Topics | None = None,
                  classes: ClassTable | None = None, depth_max: float = 5.0) -> np.ndarray:
     """(rows * H, 6 * W, 3) uint8 montage of `frames` evenly spaced camera frames."""
     t = topics or SimConfig().topics
@@ -71,7 +72,7 @@ def make_montage(bag: str | Path, frames: int = 4, topics: TopicConfig | None = 
     by_stamp: dict[str, dict[int, Any]] = {
         key: {_stamp(m): m for _, m in msgs.get(topic, [])}
         for key, topic in (('rgb', t.rgb), ('depth', t.depth), ('lidar', t.lidar),
-                           ('events', t.events), ('labels', t.labels), ('robot', t.robot_mask),
+                           ('events', t.event), ('labels', t.semantic), ('robot', t.robot),
                            ('info', t.camera_info))}
     tree = TransformTree()
     for _, m in msgs.get(t.tf_static, []):

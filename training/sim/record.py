@@ -403,10 +403,10 @@ def record_scene(seed: int, cfg: SimConfig, out_dir: str | Path,
                     bag.write(top.lidar, t_ns, bw.lidar_msg(*data['lidar'], t_ns, fr.lidar))
                 if keep['events'][k]:
                     ev = data['events']
-                    bag.write(top.events, t_ns, bw.events_msg(
+                    bag.write(top.event, t_ns, bw.events_msg(
                         bw.events_array(ev.x, ev.y, ev.t_ns, ev.p), t_ns, cam))
-                bag.write(top.labels, t_ns, bw.image_msg(frame.labels, 'mono8', t_ns, cam))
-                bag.write(top.robot_mask, t_ns,
+                bag.write(top.semantic, t_ns, bw.image_msg(frame.labels, 'mono8', t_ns, cam))
+                bag.write(top.robot, t_ns,
                           bw.image_msg(frame.robot_mask, 'mono8', t_ns, cam))
                 bag.write(top.joint_states, t_ns, bw.joint_state_msg(names, q, qd, t_ns))
                 if top.tf:
