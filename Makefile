@@ -75,10 +75,12 @@ weights: setup  ## RMMSS: teacher -> robust (HPDM) + dropout-only baseline -> FS
 	$(TRAIN) fsm --config $(RMMSS) --out $(RUNS)/fsm --teacher $(RUNS)/teacher/model.safetensors \
 	  --robust $(RUNS)/robust/model.safetensors $(call steps,$(FSM_STEPS))
 
+# Evenly spaced test samples per evaluation (0: all); each evaluation makes ~63 passes.
+EVAL_SAMPLES ?= 60
 results: setup  ## evaluate the four RMMSS models on the test split (runs/rmmss/eval_*)
 	for m in teacher dropout robust fsm; do \
 	  $(TRAIN) evaluate --config $(RMMSS) --checkpoint $(RUNS)/$$m/model.safetensors \
-	    --shards '$(DATA)/cache/test/*' --out $(RUNS)/eval_$$m; done
+	    --shards '$(DATA)/cache/test/*' --out $(RUNS)/eval_$$m --max-samples $(EVAL_SAMPLES); done
 
 demo-bag: setup  ## the demo recording: one scene with a LiDAR dropout and an under-exposed stretch
 	$(TRAIN) sim --out $(DATA)/demo --scenes 1 --frames 80 --seed 1000 --compression zstd \

@@ -339,9 +339,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     parser.add_argument('--checkpoint', help='deployable or training checkpoint, or run dir')
     parser.add_argument('--shards', nargs='+', help='shard globs (default: the config\'s)')
     parser.add_argument('--device', help='auto | cpu | cuda')
+    parser.add_argument('--max-samples', type=int,
+                        help='evaluate on the first N samples only (0: all)')
     opts = parser.parse_args(extra)
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
-    cfg, _ = load_config(args.config, 'evaluate', args.smoke)
+    overrides = {} if opts.max_samples is None else {'evaluate': {'max_samples': opts.max_samples}}
+    cfg, _ = load_config(args.config, 'evaluate', args.smoke, overrides)
     ev = cfg.evaluate
     ckpt = opts.checkpoint or ev.checkpoint or str(cfg.run_dir('fsm') / 'model.safetensors')
     device = resolve_device(opts.device or ev.device)

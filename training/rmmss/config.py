@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import from_dict, load_yaml, to_dict
 from rmseg_ros.preprocess import FrontendConfig
@@ -154,8 +156,9 @@ def make_dataset(patterns: list[str], frontend: FrontendConfig, *, augment: Augm
         if int(shard.meta.get('event_bins', frontend.event_bins)) != frontend.event_bins:
             raise ValueError(f'{shard.path}: {shard.meta["event_bins"]} event bins, the '
                              f'front-end config says {frontend.event_bins}')
-    if max_samples > 0:
-        ds.index = ds.index[:max_samples]
+    if 0 < max_samples < len(ds.index):  # evenly spaced: every scene keeps its share
+        keep = np.linspace(0, len(ds.index) - 1, max_samples).round().astype(int)
+        ds.index = [ds.index[i] for i in keep]
     if len(ds) == 0:
         raise ValueError(f'the shards {[str(d) for d in dirs]} hold no usable samples '
                          f'(labelled_only={labelled_only})')
