@@ -81,6 +81,7 @@ results: setup  ## evaluate the four RMMSS models on the test split (runs/rmmss/
 	for m in teacher dropout robust fsm; do \
 	  $(TRAIN) evaluate --config $(RMMSS) --checkpoint $(RUNS)/$$m/model.safetensors \
 	    --shards '$(DATA)/cache/test/*' --out $(RUNS)/eval_$$m --max-samples $(EVAL_SAMPLES); done
+	$(PY) -m training.rmmss.report --runs $(RUNS) --docs docs
 
 demo-bag: setup  ## the demo recording: one scene with a LiDAR dropout and an under-exposed stretch
 	$(TRAIN) sim --out $(DATA)/demo --scenes 1 --frames 80 --seed 1000 --compression zstd \

@@ -340,7 +340,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     parser.add_argument('--shards', nargs='+', help='shard globs (default: the config\'s)')
     parser.add_argument('--device', help='auto | cpu | cuda')
     parser.add_argument('--max-samples', type=int,
-                        help='evaluate on the first N samples only (0: all)')
+                        help='evaluate on N evenly spaced samples only (0: all)')
     opts = parser.parse_args(extra)
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
     overrides = {} if opts.max_samples is None else {'evaluate': {'max_samples': opts.max_samples}}
