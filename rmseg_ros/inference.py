@@ -18,7 +18,6 @@ ROS-free, used by the perception node. Choices and why:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import os
@@ -32,30 +31,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from rmseg_ros.config import from_dict
 from rmseg_ros.modalities import INDEX, MODALITIES, input_channels, presence_from_names
 from rmseg_ros.models.checkpoint import load_model
-from rmseg_ros.preprocess import DegradedConfig, FrontendConfig
+from rmseg_ros.preprocess import FrontendConfig
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ('torch', 'onnx')
 DEVICES = ('auto', 'cuda', 'cpu')
 ONNX_OPSET = 17
-
-
-def frontend_from_dict(d: dict[str, Any]) -> FrontendConfig:
-    """FrontendConfig from checkpoint metadata (JSON lists back to tuples, unknown keys refused)."""
-    d = dict(d)
-    known = {f.name for f in dataclasses.fields(FrontendConfig)}
-    unknown = set(d) - known
-    if unknown:
-        raise ValueError(f'unknown frontend keys in checkpoint: {sorted(unknown)}')
-    if isinstance(d.get('degraded'), dict):
-        d['degraded'] = DegradedConfig(**d['degraded'])
-    for key in ('rgb_mean', 'rgb_std'):
-        if key in d:
-            d[key] = tuple(d[key])
-    return FrontendConfig(**d)
 
 
 def postprocess(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +123,7 @@ class Segmenter:
         self.classes: tuple[str, ...] = tuple(metadata['classes'])
         self.colors: tuple[tuple[int, ...], ...] = tuple(tuple(c) for c in metadata['colors'])
         self.modalities: tuple[str, ...] = tuple(metadata['modalities'])
-        self.frontend = frontend_from_dict(metadata['frontend'])
+        self.frontend = from_dict(FrontendConfig, metadata['frontend'], 'checkpoint frontend')
         self.input_hw: tuple[int, int] = tuple(metadata['input_hw'])
         self.event_bins = int(self.frontend.event_bins)
         self.backend = backend
@@ -181,7 +166,7 @@ class Segmenter:
             if sorted(want) != sorted(mods) or len(want) != len(set(expected_modalities)):
                 raise ValueError(f'{path}: checkpoint modalities {mods} disagree with the '
                                  f'configured modalities {list(expected_modalities)}')
-        front = frontend_from_dict(meta['frontend'])
+        front = from_dict(FrontendConfig, meta['frontend'], 'checkpoint frontend')
         cfg = getattr(model, 'cfg', None)
         bins = cfg.event_bins if hasattr(cfg, 'event_bins') else model.robust.cfg.event_bins
         if bins != front.event_bins:
