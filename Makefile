@@ -74,6 +74,7 @@ weights: setup  ## RMMSS: teacher -> robust (HPDM) + dropout-only baseline -> FS
 	  --teacher $(RUNS)/teacher/model.safetensors $(call steps,$(ROBUST_STEPS))
 	$(TRAIN) fsm --config $(RMMSS) --out $(RUNS)/fsm --teacher $(RUNS)/teacher/model.safetensors \
 	  --robust $(RUNS)/robust/model.safetensors $(call steps,$(FSM_STEPS))
+	$(TRAIN) export --config $(RMMSS) --checkpoint $(RUNS)/fsm --out weights/rmmss_student.safetensors
 
 # Evenly spaced test samples per evaluation (0: all); each evaluation makes ~63 passes.
 EVAL_SAMPLES ?= 60

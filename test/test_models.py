@@ -348,6 +348,7 @@ def test_checkpoint_round_trip(tmp_path, arch):
     meta = _meta(model, arch)
     path = tmp_path / 'model.safetensors'
     save_checkpoint(path, model.state_dict(), meta)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by the node's user, not only ours
     state, loaded = load_checkpoint(path)
     assert loaded == meta and loaded['format'] == ckpt.FORMAT
     assert loaded['input_hw'] == [H, W] and loaded['extra'] == {'epoch': 3}

@@ -54,6 +54,7 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
     try:
         save_file(tensors, str(tmp), metadata={HEADER_KEY: header})
+        os.chmod(tmp, 0o644)  # safetensors creates 0600: a shipped model must be readable
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
