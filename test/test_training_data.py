@@ -67,8 +67,8 @@ def write_test_bag(path: Path, frames: int = 8, storage: str = 'mcap', corrupt_a
             for topic, msg in msgs.items():
                 writer.write(topic, START_NS + i * PERIOD_NS, msg)
             if i == corrupt_at:  # a record whose bytes are not a valid message
-                writer._writer.write(writer._connections['depth/image'],
-                                     START_NS + i * PERIOD_NS + 1, b'\x00\x01\x00\x00garbage')
+                writer.write_raw('depth/image', START_NS + i * PERIOD_NS + 1,
+                                 b'\x00\x01\x00\x00garbage')
             written.append(msgs)
     return written
 

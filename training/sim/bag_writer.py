@@ -134,14 +134,23 @@ class BagWriter:
         self.counts: dict[str, int] = {}
 
     def write(self, topic: str, stamp_ns: int, msg: Any, latched: bool = False) -> None:
+        self.write_raw(topic, stamp_ns, TYPESTORE.serialize_cdr(msg, msg.__msgtype__),
+                       msg.__msgtype__, latched)
+
+    def write_raw(self, topic: str, stamp_ns: int, data: bytes, msgtype: str | None = None,
+                  latched: bool = False) -> None:
+        """Serialized bytes as they are (tests use it to store corrupt records); `msgtype` is
+        needed only for the first record of a topic."""
         conn = self._connections.get(topic)
         if conn is None:
+            if msgtype is None:
+                raise ValueError(f'first record of {topic!r} needs its msgtype')
             qos = [LATCHED_QOS] if latched else []
-            conn = self._writer.add_connection(topic, msg.__msgtype__, typestore=TYPESTORE,
+            conn = self._writer.add_connection(topic, msgtype, typestore=TYPESTORE,
                                                offered_qos_profiles=qos)
             self._connections[topic] = conn
             self.counts[topic] = 0
-        self._writer.write(conn, int(stamp_ns), TYPESTORE.serialize_cdr(msg, msg.__msgtype__))
+        self._writer.write(conn, int(stamp_ns), data)
         self.counts[topic] += 1
 
     def close(self) -> None:
