@@ -11,22 +11,10 @@ and exits non-zero when a conversion fails or gives a wrong result.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 import numpy as np
-
-
-def median_ms(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up: first-call imports and type-support loading are not the steady state
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+from timing import median_ms
 
 
 def main(argv: list[str] | None = None) -> int:

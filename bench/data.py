@@ -15,8 +15,9 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import median_ms
 
 from training.data.bag_samples import DatasetConfig
 from training.data.cli import build_cache
@@ -26,13 +27,11 @@ from training.sim.record import record_scene
 
 
 def sample_rate(dataset: ShardDataset, passes: int) -> float:
-    rates = []
-    for _ in range(passes):
-        t0 = time.perf_counter()
+    """Samples per second of the median pass over the whole dataset."""
+    def one_pass() -> None:
         for i in range(len(dataset)):
             dataset[i]
-        rates.append(len(dataset) / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    return len(dataset) / (median_ms(one_pass, passes, warmup=0) * 1e-3)
 
 
 def main() -> int:

@@ -16,6 +16,7 @@ import sys
 import time
 
 import numpy as np
+from timing import median_ms
 
 from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.preprocess import EventBatch, FrontendConfig, RawFrame, build_model_input
@@ -80,12 +81,7 @@ def bench_model_input(repeat: int) -> float:
     result = build_model_input(frame, cfg)
     if not result.presence.all():
         raise RuntimeError(f'not every modality present: {result.degraded}')
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        build_model_input(frame, cfg)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return median_ms(lambda: build_model_input(frame, cfg), repeat, warmup=0)
 
 
 def main() -> int:
