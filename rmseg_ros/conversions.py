@@ -448,6 +448,12 @@ def _matrix(msg: Any, name: str, size: int) -> np.ndarray:
     return out
 
 
+def stamp_ns(msg: Any) -> int:
+    """A message's header stamp in integer nanoseconds (the synchroniser's and bags' time)."""
+    stamp = msg.header.stamp
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
 def camera_info_to_intrinsics(msg: Any) -> CameraIntrinsics:
     """CameraInfo -> CameraIntrinsics. An all-zero P (not provided) becomes None and an all-zero
     R (not provided) the identity. Binning and ROI are not applied: the intrinsics describe the

@@ -119,7 +119,7 @@ class BagSampleReader:
             elif topic == _norm(t.tf_static):
                 tree.add_message(msg)
             elif topic in (_norm(t.semantic), _norm(t.robot)):
-                stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                stamp = conversions.stamp_ns(msg)
                 image = conversions.image_to_numpy(msg)
                 target = self._labels if topic == _norm(t.semantic) else self._robot
                 target[stamp] = _resize_labels(image, self.frontend.hw)
@@ -191,7 +191,7 @@ class BagSampleReader:
                     continue
                 modality = topic_of[_norm(conn.topic)]
                 self.stats.messages[modality] += 1
-                stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                stamp = conversions.stamp_ns(msg)
                 for synced in sync.add(modality, stamp, msg):
                     sample = self._sample(synced)
                     if sample is not None:

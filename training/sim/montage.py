@@ -70,7 +70,7 @@ def make_montage(bag: str | Path, frames: int = 4, topics: Topics | None = None,
     classes = classes or ClassTable.load()
     msgs = read_messages(bag)
     by_stamp: dict[str, dict[int, Any]] = {
-        key: {_stamp(m): m for _, m in msgs.get(topic, [])}
+        key: {conversions.stamp_ns(m): m for _, m in msgs.get(topic, [])}
         for key, topic in (('rgb', t.rgb), ('depth', t.depth), ('lidar', t.lidar),
                            ('events', t.event), ('labels', t.semantic), ('robot', t.robot),
                            ('info', t.camera_info))}
@@ -134,10 +134,6 @@ def make_montage(bag: str | Path, frames: int = 4, topics: Topics | None = None,
 
 def info_frame(info: Any) -> str:
     return info.header.frame_id
-
-
-def _stamp(msg: Any) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
 def main(argv: list[str] | None = None) -> int:
