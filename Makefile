@@ -85,11 +85,14 @@ results: setup  ## evaluate the four RMMSS models on the test split (runs/rmmss/
 	$(PY) -m training.rmmss.report --runs $(RUNS) --docs docs
 
 demo-bag: setup  ## the demo recording: one scene with a LiDAR dropout and an under-exposed stretch
-	$(TRAIN) sim --out $(DATA)/demo --scenes 1 --frames 80 --seed 1000 --compression zstd \
+	$(TRAIN) sim --config training/configs/demo_sim.yaml --out $(DATA)/demo --scenes 1 \
+	  --frames 80 --seed 1000 --compression zstd \
 	  --failures under_exposure:fraction=0.25 drop:modalities=lidar,gaps=1,gap_s=2.0
 
-demo: setup  ## main job on the bundled data and weights
-	@echo "make demo: not built yet (issue 'Perception node, launch, bringup and the demo')" >&2; exit 2
+DEMO_RATE ?= 0.5
+demo: setup  ## replay the demo bag through perception (rmseg-bringup); writes demo_output/
+	@test -f $(DATA)/demo/manifest.json || $(MAKE) demo-bag
+	$(PY) -m rmseg_ros.demo --bag $(DATA)/demo --out demo_output --rate $(DEMO_RATE)
 
 clean:  ## remove build products (keeps .venv)
 	rm -rf build install log .pytest_cache

@@ -15,6 +15,7 @@ setup(
         ('share/' + PACKAGE, ['package.xml']),
         ('share/' + PACKAGE + '/launch', glob('launch/*.py')),
         ('share/' + PACKAGE + '/config', glob('config/*.yaml') + glob('config/*.rviz')),
+        ('share/' + PACKAGE + '/weights', glob('weights/*.safetensors')),
     ],
     install_requires=['setuptools'],
     zip_safe=True,
@@ -26,9 +27,10 @@ setup(
     entry_points={
         'console_scripts': [
             'bag_replay_node = rmseg_ros.nodes.bag_replay_node:main',
-            'perception_node = rmseg_ros.entry_points:perception_node',
+            'perception_node = rmseg_ros.nodes.perception_node:main',
+            'synthetic_sensors = rmseg_ros.nodes.synthetic_sensors:main',
             'robotseg_node = rmseg_ros.entry_points:robotseg_node',
-            'rmseg-bringup = rmseg_ros.entry_points:bringup',
+            'rmseg-bringup = rmseg_ros.bringup:main',
             'rmseg-train = training.cli:main',
         ],
     },

@@ -18,17 +18,22 @@ T = TypeVar('T')
 CONFIG_DIR = Path(__file__).resolve().parent.parent / 'config'
 
 
-def config_path(name: str) -> Path:
-    """Path of a file in the package's config directory (source tree or ament share dir)."""
-    local = CONFIG_DIR / name
+def share_path(relative: str) -> Path:
+    """A package data file (config/..., weights/...): the source tree, else the ament share."""
+    local = CONFIG_DIR.parent / relative
     if local.exists():
         return local
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        return Path(get_package_share_directory('rmseg_ros')) / 'config' / name
+        return Path(get_package_share_directory('rmseg_ros')) / relative
     except Exception:  # ament index absent or package not installed
         return local
+
+
+def config_path(name: str) -> Path:
+    """Path of a file in the package's config directory (source tree or ament share dir)."""
+    return share_path(f'config/{name}')
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -7,9 +7,7 @@ file or script that depends on it stops with a clear reason.
 import sys
 
 NOT_BUILT = {
-    'perception_node': 'issue "Perception node, launch, bringup and the demo"',
     'robotseg_node': 'issue "RobotSeg"',
-    'rmseg-bringup': 'issue "Perception node, launch, bringup and the demo"',
 }
 
 
@@ -18,13 +16,6 @@ def _not_built(name: str) -> int:
     return 2
 
 
-def perception_node() -> int:
-    return _not_built('perception_node')
-
-
 def robotseg_node() -> int:
     return _not_built('robotseg_node')
 
-
-def bringup() -> int:
-    return _not_built('rmseg-bringup')

@@ -124,12 +124,15 @@ def _events_from_cloud(msg: Any) -> EventBatch:
 
 def frame_from_messages(stamp_ns: int, messages: dict[str, Any], camera: CameraIntrinsics,
                         T_cam_lidar: np.ndarray | None = None,
-                        event_sensor_hw: tuple[int, int] | None = None) -> RawFrame:
+                        event_sensor_hw: tuple[int, int] | None = None,
+                        errors: dict[str, str] | None = None) -> RawFrame:
     """Decode a synchronised set {modality: message} into a RawFrame.
 
     'rgb': Image or CompressedImage; 'depth': Image (16UC1 mm or 32FC1 m); 'lidar': PointCloud2
     with x, y, z [, intensity]; 'event': PointCloud2 with x, y, t, p or a pre-rendered Image.
-    Raises ValueError (naming the modality) on malformed input.
+    Raises ValueError (naming the modality) on malformed input; with an `errors` dict, a
+    malformed modality is left out of the frame instead and its reason stored there (online:
+    one broken topic must not cost the others their frame).
     """
     frame = RawFrame(stamp_ns=stamp_ns, camera=camera, event_sensor_hw=event_sensor_hw)
     if T_cam_lidar is not None:
@@ -157,7 +160,9 @@ def frame_from_messages(stamp_ns: int, messages: dict[str, Any], camera: CameraI
             else:
                 raise ValueError(f'unknown modality {modality!r}; known: {list(MODALITIES)}')
         except ValueError as exc:
-            raise ValueError(f'{modality}: {exc}') from exc
+            if errors is None:
+                raise ValueError(f'{modality}: {exc}') from exc
+            errors[modality] = str(exc)
     return frame
 
 
@@ -265,32 +270,47 @@ def _event_tensor(frame: RawFrame, cfg: FrontendConfig) -> tuple[np.ndarray, str
     return voxel, reason
 
 
-def build_model_input(frame: RawFrame, cfg: FrontendConfig) -> ModelInput:
+def _rgb_step(frame: RawFrame, cfg: FrontendConfig
+              ) -> tuple[np.ndarray, str | None, np.ndarray]:
+    _check_aspect('rgb', frame.rgb.shape[:2], frame.camera)
+    tensor, small, reason = _rgb_tensor(frame.rgb, cfg)
+    return tensor, reason, small
+
+
+_STEPS = (  # modality, is it in the frame, tensor builder
+    ('rgb', lambda f: f.rgb is not None, _rgb_step),
+    ('depth', lambda f: f.depth is not None, _depth_tensor),
+    ('lidar', lambda f: f.lidar_xyz is not None, _lidar_tensor),
+    ('event', lambda f: f.events is not None or f.event_image is not None, _event_tensor),
+)
+
+
+def build_model_input(frame: RawFrame, cfg: FrontendConfig,
+                      errors: dict[str, str] | None = None) -> ModelInput:
     """RawFrame -> per-modality tensors at cfg.hw + presence + degraded reasons.
 
     A degraded modality is kept or removed according to cfg.degraded.policy; either way the
-    reason is reported so diagnostics can show it.
+    reason is reported so diagnostics can show it. A modality that cannot be aligned with the
+    camera raises ValueError, or, with an `errors` dict, is left out with its reason stored.
     """
     tensors: dict[str, np.ndarray] = {}
     degraded: dict[str, str] = {}
     overlay = None
-    if frame.rgb is not None:
-        _check_aspect('rgb', frame.rgb.shape[:2], frame.camera)
-        tensors['rgb'], overlay, reason = _rgb_tensor(frame.rgb, cfg)
+    for modality, present, step in _STEPS:
+        if not present(frame):
+            continue
+        try:
+            tensor, reason, *extra = step(frame, cfg)
+        except ValueError as exc:
+            if errors is None:
+                raise
+            errors[modality] = str(exc)
+            continue
+        tensors[modality] = tensor
+        if extra:
+            overlay = extra[0]
         if reason:
-            degraded['rgb'] = reason
-    if frame.depth is not None:
-        tensors['depth'], reason = _depth_tensor(frame, cfg)
-        if reason:
-            degraded['depth'] = reason
-    if frame.lidar_xyz is not None:
-        tensors['lidar'], reason = _lidar_tensor(frame, cfg)
-        if reason:
-            degraded['lidar'] = reason
-    if frame.events is not None or frame.event_image is not None:
-        tensors['event'], reason = _event_tensor(frame, cfg)
-        if reason:
-            degraded['event'] = reason
+            degraded[modality] = reason
     for modality in degraded:
         if cfg.degraded.policy.get(modality, DROP) == DROP:
             tensors.pop(modality, None)

@@ -102,11 +102,19 @@ class SyncConfig:
     rejoin_count: int = 3
     jump_threshold: float = 1.0
     strict: bool = False
+    # Pivots to fall back to, in order, while the pivot is dead; used by FailoverSynchronizer
+    # and only when the pivot is not required (a required pivot means: no camera, no output).
+    pivot_fallback: tuple[str, ...] = ()
+    # False: a partner with a candidate at or before the pivot is taken at once instead of
+    # waiting for a possibly closer later message (lower latency; slop >= the slow topics'
+    # period then makes sure such a candidate exists).
+    wait_for_closer: bool = True
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
         self.required = tuple(self.required)
         self.timeouts = dict(self.timeouts)
+        self.pivot_fallback = tuple(self.pivot_fallback)
         mods = self.modalities
         if not mods:
             raise ValueError('SyncConfig.modalities must not be empty')
@@ -117,6 +125,10 @@ class SyncConfig:
         unknown = [m for m in self.required if m not in mods]
         if unknown:
             raise ValueError(f'required modalities {unknown} are not in {mods}')
+        bad = [m for m in self.pivot_fallback if m not in mods or m == self.pivot]
+        if bad or len(set(self.pivot_fallback)) != len(self.pivot_fallback):
+            raise ValueError(f'pivot_fallback {self.pivot_fallback} must list distinct '
+                             f'modalities of {mods} other than the pivot {self.pivot!r}')
         unknown = [m for m in self.timeouts if m not in mods]
         if unknown:
             raise ValueError(f'timeouts given for unknown modalities {unknown}')
@@ -139,6 +151,8 @@ class SyncConfig:
                                  '(use SyncConfig.strict_mode(...))')
             if self.timeouts:
                 raise ValueError('strict mode takes no timeouts (use SyncConfig.strict_mode(...))')
+            if self.pivot_fallback:
+                raise ValueError('strict mode has no pivot fallback')
 
     @classmethod
     def strict_mode(cls, modalities: tuple[str, ...] = ('rgb', 'depth', 'lidar', 'event'),
@@ -244,6 +258,7 @@ class ModalitySynchronizer:
         self._jump = int(config.jump_threshold * NS_PER_S)
         self._qs = config.queue_size
         self._strict = config.strict
+        self._wait = config.wait_for_closer
         required = set(config.required) | {config.pivot}
         self._mods = [
             _Mod(name, i, name in required,
@@ -563,6 +578,8 @@ class ModalitySynchronizer:
             return False
         if pv.best_s[m.idx] is None:
             return nj > pv.stamp + self._slop
+        if not self._wait and pv.best_s[m.idx] <= pv.stamp:
+            return True
         return nj >= pv.stamp + pv.best_d[m.idx]
 
     def _drain(self, out: list[SyncedSet] | None = None) -> list[SyncedSet]:
@@ -585,7 +602,7 @@ class ModalitySynchronizer:
                 if bs[j] is None:
                     if nj <= p + slop:
                         return out
-                elif nj < p + bd[j]:
+                elif nj < p + bd[j] and (self._wait or bs[j] > p):
                     return out
             self._resolve(out, forced=False)
         return out

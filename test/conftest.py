@@ -81,3 +81,35 @@ def spawn_python(ros_domain: int) -> Iterator[object]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def write_tiny_checkpoint(path: Path, hw: tuple[int, int] = (60, 80), seed: int = 0,
+                          classes: list[str] | None = None) -> Path:
+    """A randomly initialised fusion checkpoint with the project's classes: enough for nodes to
+    run end to end in tests (the demo uses the trained default weights)."""
+    import torch
+
+    from rmseg_ros.classes import ClassTable
+    from rmseg_ros.modalities import MODALITIES
+    from rmseg_ros.models.checkpoint import export_metadata, save_checkpoint
+    from rmseg_ros.models.fusion import FusionConfig, FusionSegNet
+    from rmseg_ros.preprocess import FrontendConfig
+
+    table = ClassTable.load()
+    names = list(classes or table.names)
+    colors = [[(37 * i) % 256, (91 * i) % 256, (53 * i) % 256] for i in range(len(names))]
+    if classes is None:
+        colors = table.colors.tolist()
+    torch.manual_seed(seed)
+    cfg = FusionConfig(num_classes=len(names), widths=(8, 16, 32, 48), depths=(1, 1, 1, 1),
+                       decoder_dim=16, attention_heads=2)
+    model = FusionSegNet(cfg)
+    front = FrontendConfig(height=hw[0], width=hw[1])
+    save_checkpoint(path, model.state_dict(),
+                    export_metadata('fusion', cfg, names, colors, MODALITIES, front, 'test'))
+    return path
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp('ckpt') / 'tiny.safetensors')

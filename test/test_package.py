@@ -5,8 +5,6 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
-
 from training import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,9 +29,9 @@ def test_torch_is_pinned():
     assert torch_lines == ['torch==2.13.0']
 
 
-@pytest.mark.parametrize('stage', [s for s, (target, _) in cli.STAGES.items() if target is None])
-def test_unbuilt_train_stage_fails_loudly(stage, capsys):
-    assert cli.main([stage]) == 2
+def test_unbuilt_train_stage_fails_loudly(monkeypatch, capsys):
+    monkeypatch.setitem(cli.STAGES, 'future', (None, 'a stage that has not landed'))
+    assert cli.main(['future']) == 2
     assert 'not built yet' in capsys.readouterr().err
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from rmseg_ros.modalities import all_subsets, subset_name
+from training.results import write_section
 
 MODELS = {  # run name -> (row label, key prefix in results.json)
     'teacher': ('teacher (all modalities, OHEM CE)', 'teacher'),
@@ -25,7 +26,6 @@ MODELS = {  # run name -> (row label, key prefix in results.json)
     'fsm': ('FSM student (deployed)', 'fsm'),
 }
 SECTION = 'rmmss'
-BEGIN, END = f'<!-- {SECTION}:begin -->', f'<!-- {SECTION}:end -->'
 
 
 def _pct(v: float | None) -> float | None:
@@ -62,7 +62,7 @@ def markdown(figures: dict[str, Any]) -> str:
     subsets = [subset_name(s) for s in all_subsets()]
     fmt = lambda v: '-' if v is None else f'{v:.2f}'  # noqa: E731
     lines = [
-        BEGIN, '## RMMSS: teacher, baselines and the FSM student', '',
+        '## RMMSS: teacher, baselines and the FSM student', '',
         f'Test split of the default sim data ({figures.get("test_samples", "?")} evenly spaced '
         'samples), mIoU in %. Missing modalities are removed from fusion; the mean is over the '
         '15 non-empty subsets (R = rgb, D = depth, L = lidar, E = event). Written by '
@@ -87,25 +87,11 @@ def markdown(figures: dict[str, Any]) -> str:
         for f in failures:
             lines.append(f'| {f} | ' + ' | '.join(
                 fmt(figures[f'{key}_failures'].get(f)) for _, key in present) + ' |')
-    lines.append(END)
     return '\n'.join(lines)
 
 
 def write(figures: dict[str, Any], docs: Path) -> None:
-    docs.mkdir(parents=True, exist_ok=True)
-    js = docs / 'results.json'
-    data = json.loads(js.read_text()) if js.exists() else {}
-    data[SECTION] = figures
-    js.write_text(json.dumps(data, indent=1, sort_keys=True) + '\n')
-    md = docs / 'results.md'
-    text = md.read_text() if md.exists() else '# Results\n\nMeasured by the project\'s scripts; ' \
-        'every figure here is also in `results.json`.\n'
-    block = markdown(figures)
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip('\n') + '\n\n' + block + '\n'
-    md.write_text(text)
+    write_section(SECTION, figures, markdown(figures), docs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,5 +115,11 @@ class SimConfig:
 
 
 def load_config(path: str | Path | None = None) -> SimConfig:
-    """SimConfig from a YAML file (the packaged training/configs/sim.yaml by default)."""
-    return from_dict(SimConfig, load_yaml(path or DEFAULT_CONFIG), 'sim')
+    """SimConfig from a YAML file merged over the packaged training/configs/sim.yaml, so a
+    variant (e.g. configs/demo_sim.yaml) only states what it changes."""
+    from training.engine import deep_merge
+
+    data = load_yaml(DEFAULT_CONFIG)
+    if path is not None:
+        data = deep_merge(data, load_yaml(path))
+    return from_dict(SimConfig, data, 'sim')

@@ -1,0 +1,143 @@
+"""Perception node end to end over DDS: 640x480 camera at 30 Hz + depth 15, LiDAR 10, events 20.
+
+The perception node runs in its own process with the default weights (backend auto: onnxruntime
+on CPU); this process publishes the synthetic rig, subscribes to ~/labels and /diagnostics and
+prints (DESIGN.md section 7):
+  output_rate_hz      labels per second over the measurement window
+  latency_p50_ms      header stamp -> labels received here (same clock, same machine)
+  latency_p95_ms
+  forward_ms          the node's median model forward time (from its diagnostics)
+  overhead_p50_ms     latency_p50 - forward: sync wait, decoding, pre/post-processing, transport
+  transport_loss_pct  sensor messages published here but never received by the node
+
+`--low-latency` (default) sets sync.wait_for_closer:=false and sync.slop:=0.1, so a frame never
+waits for a later LiDAR scan; `--exact` keeps the default matching (adds up to one LiDAR period).
+Fast DDS LARGE_DATA (TCP for big samples over loopback) is set for both processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--seconds', type=float, default=20.0, help='measurement window')
+    ap.add_argument('--warmup', type=float, default=5.0)
+    ap.add_argument('--checkpoint', default=str(REPO / 'weights/rmmss_student.safetensors'))
+    ap.add_argument('--exact', action='store_true', help='exact (waiting) sync matching')
+    ap.add_argument('--width', type=int, default=640)
+    ap.add_argument('--height', type=int, default=480)
+    opts = ap.parse_args()
+    os.environ.setdefault('ROS_DOMAIN_ID', '91')
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    os.environ['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get('PYTHONPATH', '')) if p))
+    params = ['-p', f'checkpoint:={opts.checkpoint}', '-p', 'diagnostics_period_s:=0.5',
+              '-p', 'qos_reliability:=reliable', '-p', 'qos_depth:=5']
+    if not opts.exact:
+        params += ['-p', 'sync.wait_for_closer:=false', '-p', 'sync.slop:=0.1']
+    node = subprocess.Popen([sys.executable, '-m', 'rmseg_ros.nodes.perception_node',
+                             '--ros-args', *params], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from rmseg_ros.nodes.synthetic_sensors import SyntheticSensors, build_parser
+
+    rclpy.init()
+    sensors_opts = build_parser().parse_args(
+        ['--width', str(opts.width), '--height', str(opts.height), '--camera-info',
+         '--rates', '30', '15', '10', '20'])
+    probe = rclpy.create_node('bench_probe')
+    lock = threading.Lock()
+    arrivals: list[tuple[float, float]] = []  # (monotonic, latency ms)
+    diag: dict[str, dict[str, str]] = {}
+
+    def on_labels(msg: Image) -> None:
+        now = probe.get_clock().now().nanoseconds
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        with lock:
+            arrivals.append((time.monotonic(), (now - stamp) / 1e6))
+
+    def on_diag(msg: DiagnosticArray) -> None:
+        with lock:
+            for st in msg.status:
+                diag[st.name] = {kv.key: kv.value for kv in st.values}
+
+    probe.create_subscription(Image, '/perception/labels', on_labels,
+                              QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    probe.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(probe)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    try:
+        deadline = time.monotonic() + 180
+        while 'perception: pipeline' not in diag:  # configured and active
+            if node.poll() is not None or time.monotonic() > deadline:
+                print(node.stderr.read() if node.poll() is not None else 'timeout',
+                      file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        sensors = SyntheticSensors(sensors_opts)
+        executor.add_node(sensors)
+        time.sleep(opts.warmup)
+        t0 = time.monotonic()
+        with lock:
+            base = dict(sensors.count)
+            received0 = {m: int(diag.get(f'perception: modality {m}', {}).get('received', 0))
+                         for m in base}
+        time.sleep(opts.seconds)
+        t1 = time.monotonic()
+        with lock:
+            published = {m: sensors.count[m] - base[m] for m in base}
+        executor.remove_node(sensors)  # stop publishing, let the last messages land
+        time.sleep(1.5)
+        with lock:
+            window = [lat for t, lat in arrivals if t0 <= t <= t1]
+            received = {m: int(diag[f'perception: modality {m}']['received']) - received0[m]
+                        for m in base}
+            pipeline = dict(diag['perception: pipeline'])
+    finally:
+        executor.shutdown(timeout_sec=2)
+        node.terminate()
+        node.wait(10)
+        rclpy.try_shutdown()
+    if not window:
+        print('no labels arrived in the window', file=sys.stderr)
+        return 1
+    lat = np.array(window)
+    forward = float(pipeline['forward_p50_ms'])
+    sent = sum(published.values())
+    lost = max(0, sent - sum(min(received[m], published[m]) for m in published))
+    print(f'output_rate_hz: {len(window) / (t1 - t0):.2f} Hz')
+    print(f'latency_p50_ms: {np.percentile(lat, 50):.2f} ms')
+    print(f'latency_p95_ms: {np.percentile(lat, 95):.2f} ms')
+    print(f'forward_ms: {forward:.2f} ms')
+    print(f'overhead_p50_ms: {np.percentile(lat, 50) - forward:.2f} ms')
+    print(f'transport_loss_pct: {100.0 * lost / max(sent, 1):.3f} %')
+    print(f'# published {published}, received by the node {received}, backend '
+          f'{pipeline.get("backend")}, device {pipeline.get("device")}, skipped '
+          f'{pipeline.get("skipped_frames")}, sync {"exact" if opts.exact else "low-latency"}',
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

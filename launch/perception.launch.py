@@ -1,0 +1,35 @@
+"""`ros2 launch rmseg_ros perception.launch.py [config:=FILE] [device:=cuda] [use_robotseg:=true]
+[bag:=DIR] [namespace:=NS] [checkpoint:=FILE]`
+
+The nodes and their parameters come from rmseg_ros.graph.build_graph, the same description
+`rmseg-bringup` runs where launch_ros is not installed. `launch` and `launch_ros` are imported
+inside generate_launch_description only, so the rest of this file (node_kwargs) can be checked
+by tests on machines without them.
+"""
+
+from rmseg_ros.graph import LAUNCH_ARGUMENTS, build_graph
+
+
+def node_kwargs(**arguments):
+    """launch_ros.actions.Node keyword arguments for every node of the graph."""
+    return [dict(package=spec.package, executable=spec.executable, name=spec.name,
+                 namespace=spec.namespace, parameters=[spec.parameters],
+                 remappings=list(spec.remappings), output='screen', emulate_tty=True)
+            for spec in build_graph(**arguments)]
+
+
+def generate_launch_description():
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    from launch import LaunchDescription
+
+    def nodes(context):
+        values = {name: LaunchConfiguration(name).perform(context) for name in LAUNCH_ARGUMENTS}
+        return [Node(**kwargs) for kwargs in node_kwargs(**values)]
+
+    return LaunchDescription(
+        [DeclareLaunchArgument(name, default_value=default, description=text)
+         for name, (default, text) in LAUNCH_ARGUMENTS.items()]
+        + [OpaqueFunction(function=nodes)])

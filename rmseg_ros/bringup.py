@@ -1,0 +1,212 @@
+"""`rmseg-bringup`: runs the graph of `perception.launch.py` where `ros2 launch` is absent.
+
+Both read `rmseg_ros.graph.build_graph`, so they start the same nodes with the same parameters.
+Default: one process per node (`python -m <module> --ros-args -r __node:=NAME -r __ns:=NS
+--params-file FILE`), as launch does; `--single-process` runs every node in this process on one
+multi-threaded executor (less memory, one log stream). With `--bag`, bringup ends when the bag
+has been played (after `--linger` seconds for the last outputs), so it can drive demos and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rmseg_ros.graph import LAUNCH_ARGUMENTS, NodeSpec, build_graph
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog='rmseg-bringup', description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, (default, help_text) in LAUNCH_ARGUMENTS.items():
+        flag = '--' + name.replace('_', '-')
+        if name == 'use_robotseg':
+            ap.add_argument(flag, action='store_true', help=help_text)
+        else:
+            ap.add_argument(flag, default=default, help=f'{help_text} (default {default!r})')
+    ap.add_argument('--single-process', action='store_true',
+                    help='run every node in this process instead of one process per node')
+    ap.add_argument('--linger', type=float, default=3.0,
+                    help='with --bag: seconds to keep the graph up after the bag ends')
+    ap.add_argument('--print', dest='print_only', action='store_true',
+                    help='print the nodes and parameters that would run, then exit')
+    ap.add_argument('--param', action='append', default=[], metavar='NODE:NAME:=VALUE',
+                    help='extra parameter override (YAML value), e.g. perception:sync.slop:=0.1')
+    return ap
+
+
+def graph_from_args(args: argparse.Namespace) -> list[NodeSpec]:
+    nodes = build_graph(config=args.config, device=args.device,
+                        use_robotseg=args.use_robotseg, bag=args.bag,
+                        namespace=args.namespace, checkpoint=args.checkpoint)
+    by_name = {n.name: n for n in nodes}
+    for item in args.param:
+        try:
+            node, rest = item.split(':', 1)
+            name, value = rest.split(':=', 1)
+        except ValueError:
+            raise SystemExit(f'rmseg-bringup: --param {item!r} is not NODE:NAME:=VALUE') from None
+        if node not in by_name:
+            raise SystemExit(f'rmseg-bringup: --param for unknown node {node!r}; '
+                             f'nodes: {sorted(by_name)}')
+        by_name[node].parameters[name] = yaml.safe_load(value)
+    return nodes
+
+
+def params_file(spec: NodeSpec, directory: Path) -> Path:
+    """A ROS 2 parameters YAML for one node (what launch_ros writes for `parameters=[dict]`)."""
+    path = directory / f'{spec.name}.params.yaml'
+    path.write_text(yaml.safe_dump({'/**': {'ros__parameters': spec.parameters}},
+                                   sort_keys=True))
+    return path
+
+
+def command(spec: NodeSpec, directory: Path) -> list[str]:
+    """The child process running one node."""
+    cmd = [sys.executable, '-m', spec.module, '--ros-args', '-r', f'__node:={spec.name}']
+    if spec.namespace:
+        cmd += ['-r', f'__ns:=/{spec.namespace.strip("/")}']
+    for src, dst in spec.remappings:
+        cmd += ['-r', f'{src}:={dst}']
+    if spec.parameters:
+        cmd += ['--params-file', str(params_file(spec, directory))]
+    return cmd
+
+
+def _run_processes(nodes: list[NodeSpec], linger: float) -> int:
+    env = dict(os.environ)
+    repo = str(Path(__file__).resolve().parents[1])
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (repo, env.get('PYTHONPATH', '')) if p)
+    procs: dict[str, subprocess.Popen] = {}
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    status = 0
+    with tempfile.TemporaryDirectory(prefix='rmseg-bringup-') as tmp:
+        # the replay waits for subscribers, so it may start first or last
+        for spec in nodes:
+            cmd = command(spec, Path(tmp))
+            print(f'[rmseg-bringup] starting {spec.name}: {" ".join(cmd)}', flush=True)
+            procs[spec.name] = subprocess.Popen(cmd, env=env)
+        try:
+            while not stop.is_set():
+                replay = procs.get('bag_replay')
+                if replay is not None and replay.poll() is not None:
+                    status = replay.returncode
+                    print(f'[rmseg-bringup] bag replay ended (status {status}); stopping in '
+                          f'{linger:g} s', flush=True)
+                    stop.wait(linger)
+                    break
+                dead = [n for n, p in procs.items() if p.poll() is not None and n != 'bag_replay']
+                if dead:
+                    status = procs[dead[0]].returncode or 1
+                    print(f'[rmseg-bringup] node {dead[0]} exited with status {status}; '
+                          'stopping the graph', flush=True)
+                    break
+                stop.wait(0.2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + 10
+            for p in procs.values():
+                try:
+                    p.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    return status
+
+
+def _make_node(spec: NodeSpec, context: Any) -> Any:
+    from rclpy.parameter import Parameter
+
+    overrides = [Parameter(k, value=v) for k, v in spec.parameters.items()]
+    if spec.executable == 'perception_node':
+        from rmseg_ros.nodes.perception_node import PerceptionNode
+
+        return PerceptionNode(context=context, node_name=spec.name, namespace=spec.namespace,
+                              parameter_overrides=overrides)
+    if spec.executable == 'bag_replay_node':
+        from rmseg_ros.nodes.bag_replay_node import BagReplayNode
+
+        return BagReplayNode(context=context, parameter_overrides=overrides)
+    if spec.executable == 'robotseg_node':
+        from rmseg_ros.nodes import robotseg_node
+
+        return robotseg_node.make_node(context=context, node_name=spec.name,
+                                       namespace=spec.namespace, parameter_overrides=overrides,
+                                       remappings=spec.remappings)
+    raise ValueError(f'bringup does not know how to start {spec.executable}')
+
+
+def _run_single(nodes: list[NodeSpec], linger: float) -> int:
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    executor = MultiThreadedExecutor(context=context)
+    made = []
+    replay_thread = None
+    stop = threading.Event()
+    try:
+        for spec in nodes:
+            node = _make_node(spec, context)
+            made.append(node)
+            executor.add_node(node)
+            if spec.executable == 'perception_node' and node.get_parameter('autostart').value:
+                node.trigger_configure()
+                node.trigger_activate()
+            if spec.executable == 'bag_replay_node':
+                replay_thread = threading.Thread(target=node.run, args=(stop,), daemon=True)
+        if replay_thread is not None:
+            replay_thread.start()
+        spin = threading.Thread(target=executor.spin, daemon=True)
+        spin.start()
+        while replay_thread is None or replay_thread.is_alive():
+            time.sleep(0.2)
+        time.sleep(linger)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        for node in made:
+            worker = getattr(node, 'worker', None)
+            if worker is not None:
+                worker.stop()
+        executor.shutdown(timeout_sec=2.0)
+        for node in made:
+            node.destroy_node()
+        context.try_shutdown()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    nodes = graph_from_args(args)
+    if args.print_only:
+        print(yaml.safe_dump([{'name': n.name, 'executable': n.executable,
+                               'namespace': n.namespace, 'remappings': n.remappings,
+                               'parameters': n.parameters} for n in nodes], sort_keys=False))
+        return 0
+    if args.single_process:
+        return _run_single(nodes, args.linger)
+    return _run_processes(nodes, args.linger)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,526 @@
+"""`perception_node`: robust multi-modal segmentation over ROS 2 (a lifecycle node).
+
+configure: declares the parameters (rmseg_ros.graph.PERCEPTION_PARAMETERS), loads the class table
+and the checkpoint, builds the synchroniser; activate: subscribes, publishes, starts the
+inference worker; deactivate: stops them and frees the device; cleanup: forgets the model. With
+`autostart` (default) the node configures and activates itself.
+
+Data flow: sensor callbacks -> stamp checks -> FailoverSynchronizer -> latest-only worker thread
+(rmseg_ros.perception.PerceptionPipeline) -> ~/labels, ~/color_mask, ~/overlay,
+~/labeled_points (each only when subscribed) and /diagnostics. All the work is in the ROS-free
+modules; this file only translates messages and parameters.
+
+Run:  perception_node --ros-args -p checkpoint:=weights/rmmss_student.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.logging import get_logger
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_srvs.srv import SetBool
+
+from rmseg_ros import conversions
+from rmseg_ros.camera import CameraIntrinsics
+from rmseg_ros.classes import ClassTable
+from rmseg_ros.config import share_path
+from rmseg_ros.diagnostics import PerceptionStats, statuses
+from rmseg_ros.graph import (
+    DEFAULT_WEIGHTS,
+    PERCEPTION_PARAMETERS,
+    parse_csv,
+    section_from_parameters,
+    sync_config_from_parameters,
+)
+from rmseg_ros.latest_worker import LatestOnlyWorker
+from rmseg_ros.modalities import MODALITIES
+from rmseg_ros.perception import (
+    OUTPUTS,
+    InputCheckConfig,
+    NoUsableInputError,
+    OutputConfig,
+    PerceptionConfig,
+    PerceptionPipeline,
+    PerceptionResult,
+    check_stamp,
+)
+from rmseg_ros.preprocess import DROP, FEED, DegradedConfig
+from rmseg_ros.sync import SyncedSet
+from rmseg_ros.sync_failover import FailoverSynchronizer
+from rmseg_ros.transforms import TransformTree, transform_from_xyz_rpy
+
+NODE_NAME = 'perception'
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+
+
+def extrinsic_matrix(values: Sequence[float]) -> np.ndarray:
+    """6 values (x y z roll pitch yaw) or 16 (row-major) -> 4x4 T_camera_lidar."""
+    v = [float(x) for x in values]
+    if len(v) == 6:
+        return transform_from_xyz_rpy(v[:3], v[3:])
+    if len(v) == 16:
+        T = np.array(v).reshape(4, 4)
+        if not np.allclose(T[3], [0, 0, 0, 1]):
+            raise ValueError('lidar_extrinsic: the last row of a 4x4 matrix must be 0 0 0 1')
+        return T
+    raise ValueError(f'lidar_extrinsic needs 6 or 16 values, got {len(v)}')
+
+
+class PerceptionNode(LifecycleNode):
+    def __init__(self, *, context: Any = None, node_name: str = NODE_NAME, namespace: str = '',
+                 parameter_overrides: list[Parameter] | None = None) -> None:
+        super().__init__(node_name, context=context, namespace=namespace or None,
+                         parameter_overrides=parameter_overrides)
+        self.declare_parameter('autostart', True, ParameterDescriptor(
+            description=next(p.description for p in PERCEPTION_PARAMETERS
+                             if p.name == 'autostart')))
+        self.stats = PerceptionStats()
+        self.enabled = True
+        self.pipeline: PerceptionPipeline | None = None
+        self.worker: LatestOnlyWorker | None = None
+        self._subs: list[Any] = []
+        self._pubs: dict[str, Any] = {}
+        self._timer = None
+        self._service = None
+        self._camera: CameraIntrinsics | None = None
+        self._camera_frame = ''
+        self._robot_mask: tuple[int, np.ndarray] | None = None
+        self._tf = TransformTree()
+        self._lidar_frame_seen = ''
+        self._arrival: dict[int, float] = {}  # pivot stamp -> monotonic arrival (latency)
+        self._sync_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ parameters
+    def _declare_all(self) -> None:
+        for spec in PERCEPTION_PARAMETERS:
+            if not self.has_parameter(spec.name):
+                self.declare_parameter(spec.name, spec.default,
+                                       ParameterDescriptor(description=spec.description))
+
+    def _params(self) -> dict[str, Any]:
+        return {spec.name: self.get_parameter(spec.name).value for spec in PERCEPTION_PARAMETERS}
+
+    def _checkpoint_path(self, p: dict[str, Any]) -> Path:
+        return Path(p['checkpoint']) if p['checkpoint'] else share_path(DEFAULT_WEIGHTS)
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._declare_all()
+        p = self._params()
+        self.p = p
+        try:
+            self.classes = ClassTable.load(p['classes_file'] or None)
+            self.sync_cfg = sync_config_from_parameters(p)
+            drop = set(parse_csv(p['degraded.drop']))
+            degraded = section_from_parameters(DegradedConfig, 'degraded', p)
+            degraded.policy = {m: DROP if m in drop else FEED for m in MODALITIES}
+            self.cfg = PerceptionConfig(
+                sync=self.sync_cfg, output=section_from_parameters(OutputConfig, 'output', p),
+                checks=section_from_parameters(InputCheckConfig, 'checks', p),
+                degraded=degraded)
+            self.T_cam_lidar_param = extrinsic_matrix(p['lidar_extrinsic'])
+            for key in ('camera_transport', 'event_format', 'qos_reliability', 'backend',
+                        'device'):
+                allowed = {'camera_transport': ('raw', 'compressed'),
+                           'event_format': ('cloud', 'image'),
+                           'qos_reliability': ('best_effort', 'reliable'),
+                           'backend': ('auto', 'torch', 'onnx'),
+                           'device': ('auto', 'cuda', 'cpu')}[key]
+                if p[key] not in allowed:
+                    raise ValueError(f'{key} must be one of {allowed}, got {p[key]!r}')
+            self._load_model()
+        except (ValueError, OSError, KeyError) as exc:
+            self.get_logger().error(f'configure failed: {exc}')
+            return FAILURE
+        self.sync = FailoverSynchronizer(self.sync_cfg)
+        w, h = (int(v) for v in p['event_sensor_size'])
+        self.event_sensor_hw = (h, w) if w > 0 and h > 0 else None
+        self.get_logger().info(
+            f'configured: checkpoint={self._checkpoint_path(p)} device={self.segmenter.device} '
+            f'backend={self.segmenter.backend} model_input={self.segmenter.input_hw} '
+            f'modalities={",".join(self.sync_cfg.modalities)} pivot={self.sync_cfg.pivot} '
+            f'required={",".join(self.sync_cfg.required) or "none"} '
+            f'fallback={",".join(self.sync.pivots[1:]) or "none"}')
+        return SUCCESS
+
+    def _load_model(self) -> None:
+        from rmseg_ros.inference import Segmenter
+
+        p = self.p
+        backend = p['backend']
+        device = p['device']
+        if backend == 'auto':
+            import torch
+
+            on_cuda = device == 'cuda' or (device == 'auto' and torch.cuda.is_available())
+            backend = 'torch' if on_cuda else 'onnx'
+        path = self._checkpoint_path(p)
+        if not path.is_file():
+            raise ValueError(f'checkpoint {path} does not exist')
+        self.segmenter = Segmenter.from_checkpoint(
+            path, device=device, backend=backend, expected_classes=self.classes.names,
+            num_threads=int(p['num_threads']) or None)
+        self.pipeline = PerceptionPipeline(self.segmenter, self.classes, self.cfg)
+        # warm-up: the first call allocates; it should not count as a frame's latency
+        hw = self.segmenter.input_hw
+        self.segmenter.predict({'rgb': np.zeros((3, *hw), np.float32)}, ['rgb'])
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.pipeline is None:
+            try:
+                self._load_model()
+            except (ValueError, OSError) as exc:
+                self.get_logger().error(f'activate failed: {exc}')
+                return FAILURE
+        self.worker = LatestOnlyWorker(self._process, self._on_worker_error, 'perception')
+        self._create_endpoints()
+        self.get_logger().info('active: subscribed to ' + ', '.join(
+            s.topic_name for s in self._subs))
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_endpoints()
+        self._free_model()
+        self.get_logger().info('deactivated: endpoints closed, model released')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_endpoints()
+        self._free_model()
+        return SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_endpoints()
+        self._free_model()
+        return SUCCESS
+
+    def _free_model(self) -> None:
+        on_cuda = self.pipeline is not None and str(self.segmenter.device).startswith('cuda')
+        self.pipeline = None
+        self.segmenter = None
+        if on_cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ endpoints
+    def _qos(self) -> QoSProfile:
+        reliable = self.p['qos_reliability'] == 'reliable'
+        return QoSProfile(depth=int(self.p['qos_depth']), history=HistoryPolicy.KEEP_LAST,
+                          reliability=ReliabilityPolicy.RELIABLE if reliable
+                          else ReliabilityPolicy.BEST_EFFORT)
+
+    def _events(self, topic: str) -> SubscriptionEventCallbacks:
+        def incompatible(info: Any) -> None:
+            self.get_logger().warning(
+                f'{topic}: a publisher with incompatible QoS was found '
+                f'(policy id {info.last_policy_kind}, {info.total_count} so far); set '
+                "qos_reliability:=best_effort (accepts any publisher)",
+                throttle_duration_sec=float(self.p['log_throttle_s']))
+        return SubscriptionEventCallbacks(incompatible_qos=incompatible)
+
+    def _create_endpoints(self) -> None:
+        p, qos = self.p, self._qos()
+        mods = self.sync_cfg.modalities
+
+        def sub(cls: type, topic: str, cb: Any, q: Any = qos) -> None:
+            self._subs.append(self.create_subscription(
+                cls, topic, cb, q, event_callbacks=self._events(topic)))
+
+        if 'rgb' in mods:
+            cls = CompressedImage if p['camera_transport'] == 'compressed' else Image
+            sub(cls, p['camera_topic'], lambda m: self._on_sensor('rgb', m))
+        sub(CameraInfo, p['camera_info_topic'], self._on_camera_info)
+        if 'depth' in mods:
+            sub(Image, p['depth_topic'], lambda m: self._on_sensor('depth', m))
+        if 'lidar' in mods:
+            sub(PointCloud2, p['lidar_topic'], lambda m: self._on_sensor('lidar', m))
+        if 'event' in mods:
+            cls = Image if p['event_format'] == 'image' else PointCloud2
+            sub(cls, p['event_topic'], lambda m: self._on_sensor('event', m))
+        if p['use_robot_mask']:
+            sub(Image, p['robot_mask_topic'], self._on_robot_mask)
+        try:
+            from tf2_msgs.msg import TFMessage  # not installable everywhere (e.g. pip wheels)
+        except ImportError:
+            self.get_logger().info('tf2_msgs is not installed: the LiDAR extrinsic comes from '
+                                   'the lidar_extrinsic parameter')
+        else:
+            from rclpy.qos import DurabilityPolicy
+
+            latched = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                                 reliability=ReliabilityPolicy.RELIABLE)
+            sub(TFMessage, p['tf_static_topic'], self._on_tf_static, latched)
+        out_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+        self._pubs = {
+            'labels': self.create_publisher(Image, '~/labels', out_qos),
+            'color_mask': self.create_publisher(Image, '~/color_mask', out_qos),
+            'overlay': self.create_publisher(Image, '~/overlay', out_qos),
+            'points': self.create_publisher(PointCloud2, '~/labeled_points', out_qos),
+            'diagnostics': self.create_publisher(DiagnosticArray, '/diagnostics', 10),
+        }
+        self._service = self.create_service(SetBool, '~/set_enabled', self._on_set_enabled)
+        self._timer = self.create_timer(float(p['diagnostics_period_s']),
+                                        self._publish_diagnostics)
+
+    def _destroy_endpoints(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs = []
+        for pub in self._pubs.values():
+            self.destroy_publisher(pub)
+        self._pubs = {}
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+        if self._service is not None:
+            self.destroy_service(self._service)
+            self._service = None
+
+    # ------------------------------------------------------------------ callbacks
+    def _warn(self, text: str) -> None:
+        self.get_logger().warning(text, throttle_duration_sec=float(self.p['log_throttle_s']))
+
+    def _on_set_enabled(self, request: Any, response: Any) -> Any:
+        self.enabled = bool(request.data)
+        response.success = True
+        response.message = 'processing enabled' if self.enabled else 'processing disabled'
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            self._camera = conversions.camera_info_to_intrinsics(msg)
+            self._camera_frame = msg.header.frame_id
+        except ValueError as exc:
+            self.stats.problem('camera_info', 'invalid')
+            self._warn(f'ignoring CameraInfo: {exc}')
+
+    def _on_tf_static(self, msg: Any) -> None:
+        self._tf.add_message(msg)
+
+    def _on_robot_mask(self, msg: Image) -> None:
+        try:
+            mask = conversions.image_to_numpy(msg)
+            if mask.ndim != 2 or mask.dtype != np.uint8:
+                raise ValueError(f'robot mask must be mono8, got {msg.encoding}')
+        except ValueError as exc:
+            self.stats.problem('robot_mask', 'invalid')
+            self._warn(f'ignoring robot mask: {exc}')
+            return
+        self._robot_mask = (conversions.stamp_ns(msg), np.array(mask))
+
+    def _on_sensor(self, modality: str, msg: Any) -> None:
+        if not self.enabled:
+            return
+        stamp = conversions.stamp_ns(msg)
+        why = check_stamp(stamp, self.get_clock().now().nanoseconds, self.cfg.checks)
+        if why:
+            self.stats.problem(modality, 'stamp')
+            self._warn(f'{modality}: rejected message: {why}')
+            return
+        if modality == 'lidar' and msg.header.frame_id:
+            self._lidar_frame_seen = msg.header.frame_id
+        with self._sync_lock:
+            sets = self.sync.add(modality, stamp, msg)
+        if not sets:
+            return
+        now = time.monotonic()
+        synced = sets[-1]  # latest only: older completed sets would be skipped anyway
+        if self.worker is not None:
+            self.worker.skipped += len(sets) - 1
+            self._arrival[synced.stamp_ns] = now
+            if len(self._arrival) > 64:
+                self._arrival.pop(next(iter(self._arrival)))
+            self.worker.submit(synced)
+
+    # ------------------------------------------------------------------ inference
+    def _wanted(self) -> frozenset[str]:
+        pubs = self._pubs
+        return frozenset(k for k in OUTPUTS if k in pubs and pubs[k].get_subscription_count())
+
+    def _lidar_extrinsic(self) -> np.ndarray:
+        lidar_frame = self.p['lidar_frame'] or self._lidar_frame_seen
+        if self._camera_frame and lidar_frame:
+            try:
+                return self._tf.lookup(self._camera_frame, lidar_frame)
+            except (LookupError, ValueError):  # not in /tf_static: the parameter holds
+                pass
+        return self.T_cam_lidar_param
+
+    def _process(self, synced: SyncedSet) -> None:
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        want = self._wanted()
+        if not want:
+            self.stats.unsubscribed += 1
+            return
+        camera = self._camera
+        if camera is None:
+            self.stats.problem('camera_info', 'missing')
+            self._warn('no CameraInfo received yet: cannot align the modalities')
+            return
+        robot = None
+        if self._robot_mask is not None:
+            mask_stamp, mask = self._robot_mask
+            if abs(mask_stamp - synced.stamp_ns) <= self.cfg.output.robot_mask_max_age_s * 1e9:
+                robot = mask
+        try:
+            result = pipeline.run(synced, camera, self._lidar_extrinsic(), robot, want,
+                                  self.event_sensor_hw)
+        except NoUsableInputError as exc:
+            self._count_rejected(exc.errors, exc.degraded)
+            raise
+        self._count_rejected(result.errors, result.degraded)
+        self._publish(synced, result)
+        arrival = self._arrival.pop(synced.stamp_ns, None)
+        now = time.monotonic()
+        latency = (now - arrival) * 1e3 if arrival is not None else float('nan')
+        self.stats.output(now, latency, result.timings_ms['forward_ms'], result.used,
+                          tuple(sorted(result.missing)), result.degraded)
+
+    def _count_rejected(self, errors: dict[str, str], degraded: dict[str, str]) -> None:
+        for modality, why in errors.items():
+            self.stats.problem(modality, 'malformed')
+            self._warn(f'{modality}: malformed message left out: {why}')
+        for modality in degraded:
+            self.stats.problem(modality, 'degraded')
+
+    def _on_worker_error(self, exc: BaseException, synced: SyncedSet) -> None:
+        if isinstance(exc, NoUsableInputError):
+            self.stats.problem('all', 'no_usable_input')
+            self._warn(str(exc))
+        else:
+            self.stats.problem('all', 'inference_error')
+            self.get_logger().error(f'processing set {synced.stamp_ns} failed: '
+                                    f'{type(exc).__name__}: {exc}',
+                                    throttle_duration_sec=float(self.p['log_throttle_s']))
+
+    def _publish(self, synced: SyncedSet, result: PerceptionResult) -> None:
+        pivot = synced.messages.get(self.sync_cfg.pivot)
+        header = next(iter(synced.messages.values())).header
+        if pivot is not None:
+            header = pivot.header
+        else:  # fallback pivot: camera frame, the set's stamp
+            from std_msgs.msg import Header
+
+            src = header
+            header = Header(frame_id=self._camera_frame or src.frame_id, stamp=src.stamp)
+        pubs = self._pubs
+        if 'labels' in pubs:
+            pubs['labels'].publish(conversions.numpy_to_image(result.labels, 'mono8', header))
+        if result.color_mask is not None:
+            pubs['color_mask'].publish(
+                conversions.numpy_to_image(result.color_mask, 'rgb8', header))
+        if result.overlay is not None:
+            pubs['overlay'].publish(conversions.numpy_to_image(result.overlay, 'rgb8', header))
+        if result.point_labels is not None:
+            xyz = result.point_xyz
+            cloud = np.empty(len(xyz), dtype=[('x', '<f4'), ('y', '<f4'), ('z', '<f4'),
+                                              ('label', 'u1'), ('robot', 'u1')])
+            cloud['x'], cloud['y'], cloud['z'] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+            cloud['label'] = result.point_labels
+            cloud['robot'] = 0 if result.point_robot is None else result.point_robot
+            pubs['points'].publish(conversions.array_to_pointcloud2(
+                cloud, synced.messages['lidar'].header))
+
+    # ------------------------------------------------------------------ diagnostics
+    def _publish_diagnostics(self) -> None:
+        pub = self._pubs.get('diagnostics')
+        if pub is None:
+            return
+        now = time.monotonic()
+        with self._sync_lock:
+            states = self.sync.states()
+            blocked = self.sync.blocked_reason
+            sync_stats = self.sync.stats()
+        worker = self.worker
+        extra = {'device': getattr(self.segmenter, 'device', ''),
+                 'backend': getattr(self.segmenter, 'backend', ''),
+                 'output_rate_hz': self.stats.rate_hz(now),
+                 'skipped_frames': worker.skipped if worker else 0,
+                 'active_pivot': sync_stats['active_pivot'],
+                 'pivot_switches': sync_stats['pivot_switches'],
+                 'pivots_dropped': sync_stats['pivots_dropped'],
+                 'backward_jumps': sync_stats['backward_jumps']}
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        for st in statuses(self.get_name(), states, self.stats.snapshot(), extra, blocked,
+                           self.enabled):
+            msg.status.append(DiagnosticStatus(
+                level=bytes([st.level]), name=st.name, message=st.message,
+                hardware_id=self.get_fully_qualified_name(),
+                values=[KeyValue(key=k, value=v) for k, v in st.values.items()]))
+        pub.publish(msg)
+        if blocked and self.enabled:
+            self._warn(f'no output: {blocked}')
+
+
+# ---------------------------------------------------------------------------- entry point
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='perception_node',
+        description='Robust multi-modal semantic segmentation node (lifecycle). Parameters are '
+                    'ROS parameters (--ros-args -p NAME:=VALUE or --params-file FILE):\n\n'
+                    + '\n'.join(f'  {p.name} (default {p.default!r}): {p.description}'
+                                for p in PERCEPTION_PARAMETERS),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    ros_start = argv.index('--ros-args') if '--ros-args' in argv else len(argv)
+    build_parser().parse_args(argv[1:ros_start])  # --help exits here, before ROS starts
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    context = rclpy.Context()
+    rclpy.init(args=argv, context=context)
+    node = PerceptionNode(context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    status = 0
+    try:
+        if node.get_parameter('autostart').value:
+            if node.trigger_configure() != SUCCESS or node.trigger_activate() != SUCCESS:
+                get_logger(NODE_NAME).error('autostart failed (see above)')
+                return 2
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node.worker is not None:
+            node.worker.stop()
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        context.try_shutdown()
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The perception node's work, without ROS: synchronised set -> labels, overlays, labelled points.
+
+The node only turns messages into calls of `PerceptionPipeline.run` and results back into
+messages, so everything here is unit-tested with plain numpy. One broken modality costs only
+itself: its decoding error is reported in the result and the others still produce labels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from rmseg_ros import visualization
+from rmseg_ros.camera import CameraIntrinsics
+from rmseg_ros.classes import ClassTable
+from rmseg_ros.lidar_projection import labels_to_points
+from rmseg_ros.preprocess import DegradedConfig, build_model_input, frame_from_messages
+from rmseg_ros.sync import NS_PER_S, SyncConfig, SyncedSet
+
+OUTPUTS = ('labels', 'color_mask', 'overlay', 'points')
+
+
+class NoUsableInputError(ValueError):
+    """Nothing in the set could be fed to the model (every modality broken or degraded)."""
+
+    def __init__(self, text: str, errors: dict[str, str], degraded: dict[str, str]) -> None:
+        super().__init__(text)
+        self.errors = errors
+        self.degraded = degraded
+
+
+@dataclass
+class OutputConfig:
+    size: str = 'camera'  # 'camera': outputs at the camera's resolution; 'model': model's
+    overlay_alpha: float = 0.5
+    min_confidence: float = 0.0  # labels below this softmax probability become 255 (unknown)
+    robot_class: str = 'robot'  # class given to pixels under the RobotSeg mask
+    robot_mask_max_age_s: float = 0.2  # a mask further than this from the frame is not used
+    occlusion_tolerance_m: float = 0.2  # a point further behind the nearest one is occluded
+
+    def __post_init__(self) -> None:
+        if self.size not in ('camera', 'model'):
+            raise ValueError(f"output size must be 'camera' or 'model', got {self.size!r}")
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            raise ValueError(f'overlay_alpha must be in [0, 1], got {self.overlay_alpha}')
+
+
+@dataclass
+class InputCheckConfig:
+    """Stamp plausibility against the node's clock (a stamp is the sync key: a bad one poisons
+    every set it could join)."""
+
+    max_future_s: float = 2.0  # stamps further ahead of the clock are rejected (0: no check)
+    max_age_s: float = 0.0  # older stamps are rejected; 0 = off, since replayed bags are old
+
+
+@dataclass
+class PerceptionConfig:
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    checks: InputCheckConfig = field(default_factory=InputCheckConfig)
+    degraded: DegradedConfig | None = None  # None: the checkpoint's thresholds
+
+
+@dataclass
+class PerceptionResult:
+    stamp_ns: int
+    labels: np.ndarray  # (H, W) uint8 at the output size
+    confidence: np.ndarray  # (H, W) float32 at the model size
+    used: tuple[str, ...]  # modalities fed to the model
+    missing: frozenset[str]  # left out by the synchroniser (stale, never seen, none in slop)
+    degraded: dict[str, str]  # modality -> why it was judged degraded
+    errors: dict[str, str]  # modality -> why its message could not be decoded
+    color_mask: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+    point_xyz: np.ndarray | None = None  # (N, 3) float32 in the LiDAR frame
+    point_labels: np.ndarray | None = None  # (N,) uint8, 255 outside the view or occluded
+    point_robot: np.ndarray | None = None  # (N,) uint8, 1 on points under the robot mask
+    robot_pixels: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def check_stamp(stamp_ns: int, now_ns: int, cfg: InputCheckConfig) -> str | None:
+    """Why a header stamp is implausible, or None."""
+    if stamp_ns <= 0:
+        return 'stamp is zero (unset header)'
+    if cfg.max_future_s > 0 and stamp_ns - now_ns > cfg.max_future_s * NS_PER_S:
+        return f'stamp {(stamp_ns - now_ns) / NS_PER_S:.2f} s in the future'
+    if cfg.max_age_s > 0 and now_ns - stamp_ns > cfg.max_age_s * NS_PER_S:
+        return f'stamp {(now_ns - stamp_ns) / NS_PER_S:.2f} s in the past'
+    return None
+
+
+def _resize_nearest(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    if image.shape[:2] == hw:
+        return image
+    return cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+
+
+class PerceptionPipeline:
+    """Segmenter + class table + config; `run` does one synchronised set."""
+
+    def __init__(self, segmenter, classes: ClassTable, cfg: PerceptionConfig) -> None:
+        if list(segmenter.classes) != list(classes.names):
+            raise ValueError(f'checkpoint classes {list(segmenter.classes)} disagree with the '
+                             f'configured classes {list(classes.names)}')
+        self.segmenter = segmenter
+        self.classes = classes
+        self.cfg = cfg
+        self.frontend = segmenter.frontend
+        if cfg.degraded is not None:
+            self.frontend.degraded = cfg.degraded
+        self.palette = classes.palette()
+        names = list(classes.names)
+        self.robot_id = (names.index(cfg.output.robot_class)
+                         if cfg.output.robot_class in names else None)
+
+    def run(self, synced: SyncedSet, camera: CameraIntrinsics, T_cam_lidar: np.ndarray | None,
+            robot_mask: np.ndarray | None = None, want: frozenset[str] = frozenset(OUTPUTS),
+            event_sensor_hw: tuple[int, int] | None = None) -> PerceptionResult:
+        """One set -> outputs. Only the outputs in `want` are computed (nobody subscribed to the
+        others). Raises NoUsableInputError when no modality can be fed to the model."""
+        t0 = time.perf_counter()
+        errors: dict[str, str] = {}
+        messages = dict(synced.messages)
+        if 'lidar' in messages and T_cam_lidar is None:
+            errors['lidar'] = 'no LiDAR -> camera extrinsic'
+            messages.pop('lidar')
+        frame = frame_from_messages(synced.stamp_ns, messages, camera, T_cam_lidar,
+                                    event_sensor_hw, errors=errors)
+        model_input = build_model_input(frame, self.frontend, errors=errors)
+        used = model_input.present
+        if not used:
+            why = {**{m: f'degraded: {r}' for m, r in model_input.degraded.items()}, **errors}
+            raise NoUsableInputError(
+                f'no usable modality in set {synced.stamp_ns}: {why or "empty"}', errors,
+                model_input.degraded)
+        t1 = time.perf_counter()
+        labels, confidence = self.segmenter.predict(model_input.tensors, model_input.presence)
+        t2 = time.perf_counter()
+        if self.cfg.output.min_confidence > 0:
+            labels = labels.copy()
+            labels[confidence < self.cfg.output.min_confidence] = self.classes.ignore_index
+        out_hw = ((camera.height, camera.width) if self.cfg.output.size == 'camera'
+                  else labels.shape)
+        labels = _resize_nearest(labels, out_hw)
+        robot_pixels = 0
+        robot = None
+        if robot_mask is not None and self.robot_id is not None:
+            robot = _resize_nearest(robot_mask, out_hw) > 0
+            robot_pixels = int(np.count_nonzero(robot))
+            labels[robot] = self.robot_id
+        result = PerceptionResult(
+            stamp_ns=synced.stamp_ns, labels=labels, confidence=confidence, used=used,
+            missing=synced.missing, degraded=model_input.degraded, errors=errors,
+            robot_pixels=robot_pixels)
+        if 'color_mask' in want:
+            result.color_mask = visualization.color_mask(labels, self.palette)
+        if 'overlay' in want:
+            result.overlay = visualization.overlay(
+                visualization.base_image(model_input), labels, self.palette,
+                self.cfg.output.overlay_alpha, self.classes.ignore_index)
+        if 'points' in want and frame.lidar_xyz is not None and 'lidar' not in errors:
+            xyz = frame.lidar_xyz.astype(np.float32, copy=False)
+            result.point_xyz = xyz
+            result.point_labels = labels_to_points(
+                labels, xyz, T_cam_lidar, camera, self.cfg.output.occlusion_tolerance_m,
+                ignore_label=self.classes.ignore_index)
+            if robot is not None:
+                on_robot = labels_to_points(robot.astype(np.uint8), xyz, T_cam_lidar, camera,
+                                            self.cfg.output.occlusion_tolerance_m, ignore_label=0)
+                result.point_robot = (on_robot == 1).astype(np.uint8)
+        t3 = time.perf_counter()
+        result.timings_ms = {'preprocess_ms': (t1 - t0) * 1e3, 'forward_ms': (t2 - t1) * 1e3,
+                             'postprocess_ms': (t3 - t2) * 1e3}
+        return result

@@ -1,0 +1,111 @@
+"""graph.py is the one description: the launch file, bringup and the node agree with it."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rmseg_ros import bringup
+from rmseg_ros.graph import (
+    LAUNCH_ARGUMENTS,
+    PERCEPTION_PARAMETERS,
+    build_graph,
+    parameters_from_config,
+    sync_config_from_parameters,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH_FILE = REPO / 'launch' / 'perception.launch.py'
+
+
+def _launch_module():
+    spec = importlib.util.spec_from_file_location('perception_launch', LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # launch/launch_ros are imported lazily: not needed here
+    return module
+
+
+@pytest.mark.parametrize('args', [
+    {},
+    {'use_robotseg': 'true', 'namespace': 'robot1', 'device': 'cpu'},
+    {'bag': 'data/demo', 'checkpoint': 'x.safetensors'},
+])
+def test_launch_file_and_bringup_describe_the_same_nodes(args):
+    launch_nodes = _launch_module().node_kwargs(**args)
+    ns = bringup.build_parser().parse_args(
+        [f'--{k.replace("_", "-")}' + ('' if k == 'use_robotseg' else f'={v}')
+         for k, v in args.items()])
+    bringup_nodes = bringup.graph_from_args(ns)
+    assert [n['name'] for n in launch_nodes] == [n.name for n in bringup_nodes]
+    for kw, spec in zip(launch_nodes, bringup_nodes, strict=True):
+        assert kw['package'] == spec.package == 'rmseg_ros'
+        assert kw['executable'] == spec.executable
+        assert kw['namespace'] == spec.namespace == args.get('namespace', '')
+        assert kw['parameters'] == [spec.parameters]
+        assert kw['remappings'] == spec.remappings
+    names = [n.name for n in bringup_nodes]
+    assert ('robotseg' in names) == ('use_robotseg' in args)
+    assert ('bag_replay' in names) == ('bag' in args)
+
+
+def test_launch_file_is_launch_ros_code_with_every_argument():
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+               for a in n.names}
+    assert ('launch_ros.actions', 'Node') in imports
+    assert ('launch.actions', 'DeclareLaunchArgument') in imports
+    funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert 'generate_launch_description' in funcs
+    assert set(LAUNCH_ARGUMENTS) == {'config', 'device', 'use_robotseg', 'bag', 'namespace',
+                                     'checkpoint'}
+
+
+def test_bringup_params_file_and_command(tmp_path):
+    spec = build_graph(device='cpu')[-1]
+    cmd = bringup.command(spec, tmp_path)
+    assert cmd[1:3] == ['-m', 'rmseg_ros.nodes.perception_node']
+    params = yaml.safe_load(Path(cmd[cmd.index('--params-file') + 1]).read_text())
+    assert params['/**']['ros__parameters']['device'] == 'cpu'
+    assert params['/**']['ros__parameters']['sync.slop'] == 0.05
+
+
+def test_config_maps_onto_declared_parameters():
+    declared = {p.name: p for p in PERCEPTION_PARAMETERS}
+    assert all(p.description for p in PERCEPTION_PARAMETERS)
+    params = parameters_from_config(yaml.safe_load(
+        (REPO / 'config' / 'perception.yaml').read_text()))
+    assert set(params) <= set(declared)
+    for name, value in params.items():  # each value has the declared parameter's type
+        assert type(value) is type(declared[name].default), name
+    sync = sync_config_from_parameters({**{p.name: p.default for p in PERCEPTION_PARAMETERS},
+                                        **params})
+    assert sync.required == ('rgb',) and sync.pivot_fallback == ('depth', 'lidar', 'event')
+    with pytest.raises(ValueError, match='unknown perception parameters'):
+        parameters_from_config({'sync': {'slopp': 0.1}})
+    with pytest.raises(ValueError, match='unknown section'):
+        parameters_from_config({'synk': {}})
+
+
+def test_default_extrinsic_is_the_standard_lidar_to_optical_rotation():
+    from rmseg_ros.nodes.perception_node import extrinsic_matrix
+    from rmseg_ros.synthetic import T_CAM_LIDAR_DEFAULT
+
+    default = next(p.default for p in PERCEPTION_PARAMETERS if p.name == 'lidar_extrinsic')
+    assert np.allclose(extrinsic_matrix(default), T_CAM_LIDAR_DEFAULT, atol=1e-9)
+    assert np.allclose(extrinsic_matrix(T_CAM_LIDAR_DEFAULT.reshape(-1)), T_CAM_LIDAR_DEFAULT)
+    with pytest.raises(ValueError):
+        extrinsic_matrix([0.0] * 7)
+
+
+def test_node_help_lists_parameters_without_starting_ros():
+    out = subprocess.run([sys.executable, '-m', 'rmseg_ros.nodes.perception_node', '--help'],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0
+    assert 'sync.timeouts.lidar' in out.stdout and 'lidar_extrinsic' in out.stdout
