@@ -29,7 +29,7 @@ setup(
             'bag_replay_node = rmseg_ros.nodes.bag_replay_node:main',
             'perception_node = rmseg_ros.nodes.perception_node:main',
             'synthetic_sensors = rmseg_ros.nodes.synthetic_sensors:main',
-            'robotseg_node = rmseg_ros.entry_points:robotseg_node',
+            'robotseg_node = rmseg_ros.nodes.robotseg_node:main',
             'rmseg-bringup = rmseg_ros.bringup:main',
             'rmseg-train = training.cli:main',
         ],

@@ -145,11 +145,9 @@ def _make_node(spec: NodeSpec, context: Any) -> Any:
 
         return BagReplayNode(context=context, parameter_overrides=overrides)
     if spec.executable == 'robotseg_node':
-        from rmseg_ros.nodes import robotseg_node
+        from rmseg_ros.nodes.robotseg_node import RobotSegNode
 
-        return robotseg_node.make_node(context=context, node_name=spec.name,
-                                       namespace=spec.namespace, parameter_overrides=overrides,
-                                       remappings=spec.remappings)
+        return RobotSegNode(context=context, parameter_overrides=overrides)
     raise ValueError(f'bringup does not know how to start {spec.executable}')
 
 

@@ -295,7 +295,7 @@ def build_graph(config: str = '', device: str = 'auto', use_robotseg: str | bool
         nodes.append(NodeSpec(
             name='robotseg', executable='robotseg_node', module='rmseg_ros.nodes.robotseg_node',
             namespace=namespace, parameters={'device': params['device']},
-            remappings=[('image', params.get('camera_topic', 'camera/image'))]))
+            remappings=[('camera/image', params.get('camera_topic', 'camera/image'))]))
     nodes.append(NodeSpec(name='perception', executable='perception_node',
                           module='rmseg_ros.nodes.perception_node', namespace=namespace,
                           parameters=params))

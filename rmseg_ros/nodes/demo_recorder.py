@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, PointCloud2
 
 from rmseg_ros import conversions
+from rmseg_ros.nodes.runner import spin_node, split_argv
 
 
 class DemoRecorder(Node):
@@ -75,28 +73,14 @@ class DemoRecorder(Node):
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    ros_start = argv.index('--ros-args') if '--ros-args' in argv else len(argv)
+    ours, _ = split_argv(argv)
     ap = argparse.ArgumentParser(prog='demo_recorder', description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--out', required=True, help='output folder')
     ap.add_argument('--node', default='/perception', help='perception node to record')
-    opts = ap.parse_args(argv[1:ros_start])
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    context = rclpy.Context()
-    rclpy.init(args=argv, context=context)
-    node = DemoRecorder(Path(opts.out), opts.node, context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.close()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        context.try_shutdown()
-    return 0
+    opts = ap.parse_args(ours)
+    return spin_node(lambda ctx: DemoRecorder(Path(opts.out), opts.node, ctx), argv,
+                     on_exit=lambda node: node.close())
 
 
 if __name__ == '__main__':

@@ -11,19 +11,17 @@ Run:  python -m rmseg_ros.nodes.synthetic_sensors --modalities rgb depth --rates
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from collections.abc import Sequence
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo
 
 from rmseg_ros import conversions
+from rmseg_ros.nodes.runner import spin_node, split_argv
 from rmseg_ros.synthetic import MALFORMATIONS, SyntheticRig, cloud_array, event_array
 
 TOPICS = {'rgb': 'camera/image', 'depth': 'depth/image', 'lidar': 'lidar/points',
@@ -141,23 +139,9 @@ class SyntheticSensors(Node):
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    ros_start = argv.index('--ros-args') if '--ros-args' in argv else len(argv)
-    opts = build_parser().parse_args(argv[1:ros_start])
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    context = rclpy.Context()
-    rclpy.init(args=argv, context=context)
-    node = SyntheticSensors(opts, context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
-        pass
-    finally:
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        context.try_shutdown()
-    return 0
+    ours, _ = split_argv(argv)
+    opts = build_parser().parse_args(ours)
+    return spin_node(lambda ctx: SyntheticSensors(opts, ctx), argv)
 
 
 if __name__ == '__main__':
