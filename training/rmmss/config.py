@@ -16,6 +16,7 @@ from rmseg_ros.preprocess import FrontendConfig
 from training.data.bag_samples import DatasetConfig
 from training.data.dataset import AugmentConfig, ShardDataset
 from training.engine import OptimConfig, RunConfig, resolve_stage_config
+from training.robult.loss_config import RobultLossConfig
 
 from .losses import HPDMWeights
 
@@ -101,6 +102,9 @@ class RMMSSConfig:
     init_from_teacher: bool = True  # robust stage starts from the teacher's weights
     teacher_checkpoint: str | None = None  # null: <out_root>/teacher/model.safetensors
     robust_checkpoint: str | None = None  # null: <out_root>/robust/model.safetensors
+    # robust stage: the Robult losses (soft-PU contrastive + latent reconstruction) added to its
+    # loss when robult.enabled (training.robult.config.RobultLossConfig; off by default)
+    robult: RobultLossConfig = field(default_factory=RobultLossConfig)
 
     def run_dir(self, stage: str | None = None) -> Path:
         return Path(self.out_root) / (stage or self.stage)
@@ -121,7 +125,10 @@ def load_config(path: str | Path | None, stage: str, smoke: bool = False,
 
     resolved = deep_merge(resolved, overrides or {})
     cfg = from_dict(RMMSSConfig, resolved, 'rmmss')
-    return cfg, to_dict(cfg)
+    plain = to_dict(cfg)
+    if not cfg.robult.enabled:  # off: stored configs (and their hashes) stay as before Robult
+        plain.pop('robult')
+    return cfg, plain
 
 
 def frontend_of(data: DataConfig) -> FrontendConfig:

@@ -31,6 +31,7 @@ from rmseg_ros.modalities import MODALITIES
 from rmseg_ros.preprocess import FrontendConfig
 from training.engine import DistContext, Trainer, config_hash, distributed
 from training.export import export_checkpoint, load_model
+from training.robult.loss_config import RobultLossConfig
 
 from .config import (
     DropoutConfig,
@@ -141,12 +142,20 @@ def teacher_loss(lc: LossConfig):
 
 
 def robust_loss(lc: LossConfig, dropout: DropoutConfig, teacher: nn.Module | None,
-                num_classes: int):
-    """Random modality subsets; with a teacher: + pixel KL + HPDM against its full view."""
+                num_classes: int, robult: RobultLossConfig | None = None):
+    """Random modality subsets; with a teacher: + pixel KL + HPDM against its full view; with
+    `robult` enabled (net a training.robult.latents.RobultModel): + the Robult losses. Frames
+    flagged unlabelled have their labels ignored by every label-based term."""
+    from training.robult.losses import mask_unlabelled, robult_terms
+
+    aux = robult is not None and robult.enabled
+
     def loss_fn(net, batch, ctx):
-        inputs, labels = model_inputs(batch), batch['labels']
+        inputs = model_inputs(batch)
+        labels = mask_unlabelled(batch['labels'], batch.get('labelled'))
         presence = drop_modalities(batch['presence'], ctx.generator, dropout)
-        out = net(inputs, presence)
+        out = net(inputs, presence, full_presence=batch['presence']) if aux \
+            else net(inputs, presence)
         ce = ohem_cross_entropy(out.logits, labels, lc.ohem_thresh, lc.ohem_min_kept_fraction)
         logs: dict[str, Any] = {'ce': ce.detach(),
                                 'kept_modalities': presence.sum(1).float().mean()}
@@ -160,6 +169,11 @@ def robust_loss(lc: LossConfig, dropout: DropoutConfig, teacher: nn.Module | Non
                 labels, presence, num_classes, lc.proto_stages, lc.proto_temperature, lc.hpdm)
             loss = ce + lc.pixel_kl_weight * kl + lc.proto_weight * proto
             logs.update({'pixel_kl': kl.detach(), 'proto': proto.detach(), **parts})
+        if aux:
+            extra, parts = robult_terms(out.extras['robult'], labels, batch.get('labelled'),
+                                        robult, num_classes, ctx.generator)
+            loss = loss + extra
+            logs.update(parts)
         return loss, logs
 
     return loss_fn
@@ -232,7 +246,8 @@ def _fusion_config(cfg: RMMSSConfig, classes: ClassTable, frontend: FrontendConf
 
 
 def _train(stage: str, setup: Setup, model: nn.Module, loss_fn, param_groups: list[dict],
-           arch: str, model_cfg: dict, on_checkpoint=None) -> dict[str, Any]:
+           arch: str, model_cfg: dict, on_checkpoint=None, exporter=export_checkpoint
+           ) -> dict[str, Any]:
     """Datasets, validation, the Trainer, and the deployable checkpoint at the end."""
     from training.evaluate import subset_mious
 
@@ -261,7 +276,7 @@ def _train(stage: str, setup: Setup, model: nn.Module, loss_fn, param_groups: li
                'val': result.last_val}
     if setup.ctx.is_main:
         deployable = setup.out / 'model.safetensors'
-        export_checkpoint(result.checkpoint, deployable)
+        exporter(result.checkpoint, deployable)
         summary['model'] = str(deployable)
         print(json.dumps(summary, indent=1, default=str))
     setup.ctx.barrier()
@@ -309,9 +324,15 @@ def robust_stage(setup: Setup) -> dict[str, Any]:
                                  f'config than `model:` ({exc})') from exc
         if not cfg.distill:
             teacher = None
-    loss_fn = robust_loss(lc, cfg.dropout, teacher, len(setup.classes.names))
+    exporter = export_checkpoint
+    if cfg.robult.enabled:  # + latent head and reconstructor; the export keeps the network only
+        from training.robult.latents import RobultModel
+        from training.robult.stage import export_backbone
+
+        model, exporter = RobultModel(model, cfg.robult), export_backbone
+    loss_fn = robust_loss(lc, cfg.dropout, teacher, len(setup.classes.names), cfg.robult)
     return _train('robust', setup, model, loss_fn, [{'params': list(model.parameters())}],
-                  'fusion', fcfg.to_dict())
+                  'fusion', fcfg.to_dict(), exporter=exporter)
 
 
 def fsm_model_config(teacher_meta: dict, robust_meta: dict, fsm_cfg: dict) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""RobotSeg training from first-frame masks (`rmseg-train robotseg`), evaluation and report."""

@@ -1,0 +1,187 @@
+"""The Robult results: `<runs>/<row>/eval.json` files -> the `robult` section of
+docs/results.{json,md} (only that section is rewritten).
+
+    python -m training.robult.report [--runs runs/robult] [--docs docs]
+
+Rows are recognised by name (see training.robult.experiment): sup<pp>, robult<pp>, teacher<pp>,
+rmmss<pp>, rmmss_robult<pp>, pp = 100 x label fraction. Figures are mIoU in %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from rmseg_ros.modalities import all_subsets, subset_name
+from training.results import write_section
+
+SECTION = 'robult'
+TARGET_GAIN = 2.0  # issue target: Robult >= supervised-only + 2.0 points at 10% labels
+KINDS = {  # row prefix -> (description, base objective, Robult losses)
+    'sup': ('supervised only', 'OHEM CE + modality dropout', 'no'),
+    'robult': ('Robult', 'OHEM CE + modality dropout', 'yes'),
+    'teacher': ('RMMSS teacher', 'OHEM CE, all modalities', 'no'),
+    'rmmss': ('RMMSS robust stage', 'CE + dropout + pixel KL + HPDM', 'no'),
+    'rmmss_robult': ('RMMSS robust stage + Robult', 'CE + dropout + pixel KL + HPDM', 'yes'),
+}
+ROW_RE = re.compile(r'^(sup|robult|teacher|rmmss_robult|rmmss)(\d+)$')
+ORDER = ['sup', 'robult', 'teacher', 'rmmss', 'rmmss_robult']
+LONG = 'long_'  # key prefix of the rows of a second, longer-budget experiment
+METHOD = (
+    'Method (training/robult): region latents = a 1x1-conv head over 6x8 average-pooled cells '
+    'of the stride-16 encoder stage, per modality and for the fused map (cells, not pixels or '
+    'class prototypes: the same cell of two camera-aligned modalities is a known positive in '
+    'any frame, unlabelled frames need no classes, and 48 tokens per frame keep the pair count '
+    'small). Soft PU contrastive loss (anchors: modality cells, candidates: fused cells of the '
+    'batch): known positives = same cell of the same frame, or same class in labelled frames; '
+    'known negatives = different classes in labelled frames; every other pair has weight '
+    'w = exp(-d^2 / 2 sigma^2) on the unit latents and counts as a positive with weight w and a '
+    'negative with weight 1 - w (tau 0.2, sigma 0.5). Latent reconstruction: 1 - cos between '
+    "each recorded modality's latent (detached; for modalities dropped in the step, from a "
+    'no-grad encoder pass) and its prediction from the fused latent and the mean of the other '
+    'present modalities. Loss = OHEM CE (labelled frames only) + 0.1 x PU + 1.0 x '
+    'reconstruction; the deployed network is the plain fusion student (heads dropped).')
+
+
+def _pct(v: float | None) -> float | None:
+    return None if v is None else round(100.0 * v, 2)
+
+
+def rows(runs: Path) -> list[str]:
+    """Evaluated rows under `runs`, by label fraction then kind."""
+    found = []
+    for ev in runs.glob('*/eval.json'):
+        m = ROW_RE.match(ev.parent.name)
+        if m:
+            found.append((int(m.group(2)), ORDER.index(m.group(1)), ev.parent.name))
+    return [name for *_, name in sorted(found)]
+
+
+def collect(runs: Path, prefix: str = '') -> dict[str, Any]:
+    """Figures of every evaluated row under `runs`, keys prefixed by `prefix`."""
+    figures: dict[str, Any] = {}
+    subsets = [subset_name(s) for s in all_subsets()]
+    found = rows(runs)
+    for row in found:
+        ev = json.loads((runs / row / 'eval.json').read_text())
+        key = prefix + row
+        figures[f'{key}_subset_mean'] = _pct(ev['mean_miou'])
+        figures[f'{key}_full_miou'] = _pct(ev['subsets']['RDLE'])
+        figures[f'{key}_subsets'] = {s: _pct(ev['subsets'][s]) for s in subsets}
+        figures[f'{key}_train_steps'] = ev.get('steps')
+        figures[f'{key}_label_fraction'] = ev.get('label_fraction')
+        figures[f'{key}_labelled_frames'] = ev.get('labelled_frames')
+        if ev.get('teacher'):
+            figures[f'{key}_teacher'] = Path(ev['teacher']).parent.name
+        figures['test_samples'] = ev['samples']
+        figures['input_hw'] = ev.get('input_hw')
+        figures[f'{prefix}batch_labelled'] = ev.get('config', {}).get('run', {}).get('batch_size')
+    for row in found:
+        m = ROW_RE.match(row)
+        kind, p = m.group(1), m.group(2)
+        base = {'robult': f'sup{p}', 'rmmss_robult': f'rmmss{p}'}.get(kind)
+        if base and f'{prefix}{base}_subset_mean' in figures:
+            figures[f'{prefix}{row}_gain'] = round(figures[f'{prefix}{row}_subset_mean']
+                                                   - figures[f'{prefix}{base}_subset_mean'], 2)
+    if f'{prefix}robult10_gain' in figures:
+        figures[f'{prefix}target_met_10'] = figures[f'{prefix}robult10_gain'] >= TARGET_GAIN
+        figures['target_gain_10'] = TARGET_GAIN
+    return figures
+
+
+def _names(figures: dict[str, Any], prefix: str) -> list[str]:
+    """Row names (without prefix) with figures under `prefix`, by fraction then kind."""
+    found = set()
+    for k in figures:
+        if k.startswith(prefix) and k.endswith('_subset_mean'):
+            m = ROW_RE.match(k[len(prefix):-len('_subset_mean')])
+            if m:
+                found.add((int(m.group(2)), ORDER.index(m.group(1)), m.group(0)))
+    return [name for *_, name in sorted(found)]
+
+
+def _fmt(v: float | None) -> str:
+    return '-' if v is None else f'{v:.2f}'
+
+
+def tables(figures: dict[str, Any], prefix: str = '') -> list[str]:
+    """Summary table, target verdict and 15-subset table of the rows under `prefix`."""
+    names = _names(figures, prefix)
+    f = {k[len(prefix):]: v for k, v in figures.items() if k.startswith(prefix)}
+    lines = ['| row | labels | base objective | Robult losses | steps | all (RDLE) | '
+             '15-subset mean | gain |', '|---|---|---|---|---|---|---|---|']
+    for r in names:
+        desc, base, rob = KINDS[ROW_RE.match(r).group(1)]
+        if f.get(f'{r}_teacher'):
+            base += f' (teacher: {f[f"{r}_teacher"]})'
+        frac, n = f.get(f'{r}_label_fraction'), f.get(f'{r}_labelled_frames')
+        labels = '?' if frac is None else f'{100 * frac:.0f}%' + (f' ({n} frames)' if n else '')
+        lines.append(f'| {r}: {desc} | {labels} | {base} | {rob} | '
+                     f'{f.get(f"{r}_train_steps", "?")} | {_fmt(f[f"{r}_full_miou"])} | '
+                     f'{_fmt(f[f"{r}_subset_mean"])} | {_fmt(f.get(f"{r}_gain"))} |')
+    if 'robult10_gain' in f:
+        verdict = 'met' if f['target_met_10'] else 'missed'
+        lines += ['', f'Target at 10% labels (Robult >= supervised-only + {TARGET_GAIN:.1f} on '
+                  f'the 15-subset mean): {verdict}, measured {f["robult10_gain"]:+.2f}.']
+    lines += ['', '| subset | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
+    for s in [subset_name(x) for x in all_subsets()]:
+        lines.append(f'| {s} | ' + ' | '.join(_fmt(f[f'{r}_subsets'][s]) for r in names) + ' |')
+    lines.append('| **mean** | ' + ' | '.join(_fmt(f[f'{r}_subset_mean']) for r in names)
+                 + ' |')
+    return lines
+
+
+def markdown(figures: dict[str, Any]) -> str:
+    hw = figures.get('input_hw') or ['?', '?']
+    lines = [
+        '## Robult: semi-supervised training with the soft-PU contrastive and latent '
+        'reconstruction losses', '',
+        f'Test split of the default sim data ({figures.get("test_samples", "?")} evenly spaced '
+        f'samples) at {hw[1]}x{hw[0]} (the 240x320 cache downscaled on load), mIoU in %; '
+        'missing modalities are removed from fusion; the mean is over the 15 non-empty subsets. '
+        'Labelled frames: a seeded selection (the same frames in every row of a label fraction), '
+        'all other training frames unlabelled. Every row of a table: the same number of steps, '
+        f'{figures.get("batch_labelled", "?")} labelled frames per step (Robult and RMMSS '
+        'rows: + as many unlabelled ones), a random modality subset per frame, the same initial '
+        'weights. Made with `python -m training.robult.experiment` (budget: the `experiment:` '
+        'block of training/configs/robult.yaml; e.g. `--steps 2000` for a longer one), written '
+        'by `python -m training.robult.report`.', '', *tables(figures), '',
+        'gain: Robult row minus the same row without the Robult losses (robult - sup, '
+        'rmmss_robult - rmmss). The RMMSS rows start from their teacher row\'s weights (trained '
+        'first for the same number of steps) and distil from it.']
+    if _names(figures, LONG):
+        steps = {figures.get(f'{LONG}{r}_train_steps') for r in _names(figures, LONG)}
+        lines += ['', f'### Longer budget: {", ".join(str(s) for s in sorted(steps))} steps', '',
+                  'The same rows and settings with more steps (`python -m '
+                  'training.robult.experiment --rows robult10 sup10 --steps N --out-root '
+                  'runs/robult_long`); figures under `long_` in results.json.', '',
+                  *tables(figures, LONG)]
+    lines += ['', METHOD]
+    return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--runs', default='runs/robult', help='experiment output root')
+    parser.add_argument('--long-runs', help='a longer-budget experiment (figures long_*)')
+    parser.add_argument('--docs', default='docs', help='where results.{md,json} live')
+    args = parser.parse_args(argv)
+    figures = collect(Path(args.runs))
+    if args.long_runs:
+        figures.update(collect(Path(args.long_runs), LONG))
+    if not any(k.endswith('_subset_mean') for k in figures):
+        print(f'no evaluated rows under {args.runs} (run python -m training.robult.experiment)',
+              file=sys.stderr)
+        return 1
+    write_section(SECTION, figures, markdown(figures), args.docs)
+    print(json.dumps({k: v for k, v in figures.items() if not isinstance(v, dict)}, indent=1))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""`rmseg-train robult`: semi-supervised training of the fusion student with the Robult losses.
+
+Each step takes `run.batch_size` labelled frames, each with `data.unlabelled_per_labelled`
+unlabelled frames, gives every frame a random modality subset (`dropout:`), and minimises
+  supervised loss (OHEM CE, labelled frames only)
+  + pu.weight * (soft PU contrastive: labelled term + unlabelled term)   [all frames]
+  + recon.weight * latent reconstruction                                  [all frames]
+The loss function is the RMMSS robust stage's (training.rmmss.stages.robust_loss), so the same
+code is used alone (no teacher) and inside the RMMSS robust stage (`rmmss.teacher_checkpoint`
+set here, or the `robult:` block of rmmss.yaml for `rmseg-train robust`). `robult.enabled: false`
+is the supervised-only baseline on the same labelled frames, in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rmseg_ros.classes import ClassTable
+from rmseg_ros.config import to_dict
+from training.engine import DistContext, Trainer, distributed
+from training.export import MODEL_META_KEYS, load_model, read_checkpoint, resolve_source
+from training.rmmss.config import make_dataset
+from training.rmmss.stages import (
+    _check_compatible,
+    _fusion_config,
+    _metadata,
+    freeze,
+    robust_loss,
+)
+
+from .config import RobultConfig
+from .data import Downscaled, SemiSupervisedSet, collate_groups
+from .latents import RobultModel
+
+log = logging.getLogger('rmseg-train.robult')
+
+
+def export_backbone(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """Deployable checkpoint of the FusionSegNet inside a (Robult-wrapped or plain) training
+    checkpoint: the latent head and reconstructor are training-only and are left out."""
+    from rmseg_ros.models.checkpoint import build_model, export_metadata, save_checkpoint
+
+    src = resolve_source(src)
+    weights, meta = read_checkpoint(src)
+    if any(k.startswith('net.') for k in weights):
+        weights = {k[4:]: v for k, v in weights.items() if k.startswith('net.')}
+    out_meta = export_metadata(*(meta[k] for k in MODEL_META_KEYS), extra={
+        'source': str(src), 'stage': meta.get('stage'), 'step': meta.get('step'),
+        'label_fraction': meta.get('label_fraction'), 'robult': meta.get('robult')})
+    build_model(out_meta).load_state_dict(weights, strict=True)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(dst, weights, out_meta)
+    return out_meta
+
+
+def train_set(cfg: RobultConfig, cached_frontend) -> SemiSupervisedSet:
+    data = cfg.data
+    base = make_dataset(data.train_shards, cached_frontend, augment=data.augment,
+                        labelled_only=False, seed=cfg.run.seed)
+    return SemiSupervisedSet(base, data.label_fraction, data.label_seed,
+                             data.unlabelled_per_labelled, data.downscale)
+
+
+def eval_set(patterns: list[str], cached_frontend, downscale: int, max_samples: int
+             ) -> Downscaled:
+    """Labelled frames, `max_samples` evenly spaced ones (as `rmseg-train evaluate`)."""
+    return Downscaled(make_dataset(patterns, cached_frontend, augment=None, labelled_only=True,
+                                   max_samples=max_samples), downscale)
+
+
+def evaluate_subsets(model: nn.Module, dataset, num_classes: int, device: torch.device,
+                     batch_size: int) -> dict[str, Any]:
+    """mIoU of every one of the 15 modality subsets and their mean (training.evaluate)."""
+    from training.evaluate import IOU_CONVENTION, SUBSETS, subset_mious
+
+    scores = subset_mious(model, dataset, list(SUBSETS), num_classes, device, batch_size)
+    return {'subsets': {s: scores[f'miou_{s}'] for s in SUBSETS},
+            'mean_miou': scores['miou_mean'], 'samples': len(dataset),
+            'iou_convention': IOU_CONVENTION}
+
+
+def _teacher(cfg: RobultConfig, classes: ClassTable, frontend, device) -> nn.Module:
+    path = Path(cfg.rmmss.teacher_checkpoint)
+    teacher, meta = load_model(path, device)
+    _check_compatible(meta, classes, frontend, f'teacher {path}')
+    return freeze(teacher)
+
+
+def robult_stage(cfg: RobultConfig, resolved: dict, out: Path, ctx: DistContext
+                 ) -> dict[str, Any]:
+    from rmseg_ros.models.fusion import FusionSegNet
+    from training.evaluate import subset_mious
+
+    from .config import frontend_of
+
+    classes = ClassTable.load(cfg.data.classes)
+    cached, frontend = frontend_of(cfg.data)
+    k = len(classes.names)
+    fcfg = _fusion_config(cfg, classes, frontend)
+    torch.manual_seed(cfg.run.seed)  # same initial weights for every row of an experiment
+    net = FusionSegNet(fcfg)
+    teacher = None
+    if cfg.rmmss.teacher_checkpoint:
+        teacher = _teacher(cfg, classes, frontend, ctx.device)
+        if cfg.rmmss.init_from_teacher:
+            net.load_state_dict(teacher.state_dict())
+        if not cfg.rmmss.distill:
+            teacher = None
+    model = RobultModel(net, cfg.robult) if cfg.robult.enabled else net
+    data = train_set(cfg, cached)
+    log.info('labelled frames %d of %d (fraction %.3f, seed %d), %d unlabelled per step item',
+             len(data.labelled_idx), len(data.selected), cfg.data.label_fraction,
+             cfg.data.label_seed, cfg.data.unlabelled_per_labelled)
+    val_fn = None
+    if cfg.data.val_shards:
+        val = eval_set(cfg.data.val_shards, cached, cfg.data.downscale, cfg.data.max_val_samples)
+
+        def val_fn(module: nn.Module, step: int) -> dict[str, float]:
+            return subset_mious(module, val, cfg.validate.subsets, k, ctx.device,
+                                cfg.validate.batch_size)
+
+    meta = _metadata(cfg, resolved, frontend, classes, 'fusion', fcfg.to_dict(), 'robult')
+    meta.update(label_fraction=cfg.data.label_fraction, label_seed=cfg.data.label_seed,
+                labelled_frames=len(data.labelled_idx), robult=cfg.robult.enabled,
+                teacher=cfg.rmmss.teacher_checkpoint)
+    loss_fn = robust_loss(cfg.loss, cfg.dropout, teacher, k, cfg.robult)
+    trainer = Trainer(model, loss_fn, data, cfg.run, cfg.optim, out, resolved, ctx=ctx,
+                      param_groups=[{'params': list(model.parameters())}], val_fn=val_fn,
+                      checkpoint_meta=meta, collate_fn=collate_groups)
+    result = trainer.fit()
+    summary: dict[str, Any] = {
+        'stage': 'robult', 'step': result.step, 'resumed_from': result.resumed_from,
+        'checkpoint': str(result.checkpoint), 'train': result.last_logs, 'val': result.last_val,
+        'labelled_frames': len(data.labelled_idx), 'frames': len(data.selected)}
+    if ctx.is_main:
+        deployable = out / 'model.safetensors'
+        export_backbone(result.checkpoint, deployable)
+        summary['model'] = str(deployable)
+        if cfg.evaluate.enabled:
+            summary['eval'] = str(write_evaluation(
+                cfg, deployable, cached, out, ctx.device,
+                {'labelled_frames': len(data.labelled_idx), 'frames': len(data.selected)}))
+        print(json.dumps(summary, indent=1, default=str))
+    ctx.barrier()
+    return summary
+
+
+def write_evaluation(cfg: RobultConfig, checkpoint: Path, cached_frontend, out: Path,
+                     device: torch.device, extra: dict | None = None) -> Path:
+    """<out>/eval.json: the 15-subset mIoU of the deployable checkpoint on `evaluate.shards`."""
+    model, meta = load_model(checkpoint, device)
+    test = eval_set(cfg.evaluate.shards, cached_frontend, cfg.data.downscale,
+                    cfg.evaluate.max_samples)
+    result = evaluate_subsets(model, test, len(meta['classes']), device,
+                              cfg.evaluate.batch_size)
+    result.update(checkpoint=str(checkpoint), shards=cfg.evaluate.shards,
+                  input_hw=meta['input_hw'], steps=meta.get('extra', {}).get('step'),
+                  label_fraction=cfg.data.label_fraction, robult=cfg.robult.enabled,
+                  teacher=cfg.rmmss.teacher_checkpoint, config=to_dict(cfg), **(extra or {}))
+    path = out / 'eval.json'
+    path.write_text(json.dumps(result, indent=1, allow_nan=False))
+    log.info('15-subset mean mIoU %.4f -> %s', result['mean_miou'] or float('nan'), path)
+    return path
+
+
+def run_stage(cfg: RobultConfig, resolved: dict, out: Path) -> int:
+    with distributed(cfg.run.device) as ctx:
+        robult_stage(cfg, resolved, out, ctx)
+    return 0
