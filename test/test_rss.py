@@ -391,6 +391,7 @@ def test_ablation_runs_rows_skips_finished_ones_and_writes_the_rss_section(rss_c
     budget['config'] = str(rss_config)
     budget['common']['data'] = raw_cfg['data']
     budget['common']['evaluate'] = raw_cfg['evaluate']
+    budget['coldstart']['overrides']['data'] = {'train_shards': raw_cfg['data']['train_shards']}
     path = tmp_path / 'budget.yaml'
     path.write_text(yaml.safe_dump(budget))
     args = ['--budget', str(path), '--out-root', str(tmp_path / 'runs'), '--smoke',
@@ -401,6 +402,6 @@ def test_ablation_runs_rows_skips_finished_ones_and_writes_the_rss_section(rss_c
     assert ablation.main(args) == 0  # finished rows are skipped, not retrained
     assert (tmp_path / 'runs' / 'psl' / 'eval.json').stat().st_mtime_ns == first
     figures = json.loads((tmp_path / 'docs' / 'results.json').read_text())['rss']
-    assert {'psl_miou', 'image_psr_psd_cold_miou', 'target_image_psr_psd_cold_met'} <= set(figures)
+    assert {'psl_miou', 'image_psr_psd_cold_miou', 'image_psr_psd_cold_pct_of_psl'} <= set(figures)
     md = (tmp_path / 'docs' / 'results.md').read_text()
     assert '<!-- rss:begin -->' in md and f'{figures["psl_miou"]:.2f}' in md
