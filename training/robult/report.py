@@ -135,6 +135,24 @@ def tables(figures: dict[str, Any], prefix: str = '') -> list[str]:
     return lines
 
 
+def observations(figures: dict[str, Any]) -> str:
+    """What the measured figures say about the budget regime (text made from the figures)."""
+    out = []
+    if 'sup10_subset_mean' in figures and 'sup50_subset_mean' in figures:
+        gap = figures['sup50_subset_mean'] - figures['sup10_subset_mean']
+        out.append(f'Supervised-only with 50% vs 10% labels: {gap:+.2f} points on the 15-subset '
+                   f'mean at {figures.get("sup10_train_steps")} steps' + (
+                       ': at this budget more labels barely help, so training is limited by '
+                       'steps rather than by labels, and unlabelled frames have little to add.'
+                       if abs(gap) < 1.0 else '.'))
+    short, long = figures.get('robult10_gain'), figures.get(f'{LONG}robult10_gain')
+    if short is not None and long is not None:
+        out.append(f'Robult minus supervised-only at 10% labels: {short:+.2f} at '
+                   f'{figures.get("robult10_train_steps")} steps, {long:+.2f} at '
+                   f'{figures.get(f"{LONG}robult10_train_steps")} steps.')
+    return ' '.join(out)
+
+
 def markdown(figures: dict[str, Any]) -> str:
     hw = figures.get('input_hw') or ['?', '?']
     lines = [
@@ -153,6 +171,9 @@ def markdown(figures: dict[str, Any]) -> str:
         'gain: Robult row minus the same row without the Robult losses (robult - sup, '
         'rmmss_robult - rmmss). The RMMSS rows start from their teacher row\'s weights (trained '
         'first for the same number of steps) and distil from it.']
+    notes = observations(figures)
+    if notes:
+        lines += ['', notes]
     if _names(figures, LONG):
         steps = {figures.get(f'{LONG}{r}_train_steps') for r in _names(figures, LONG)}
         lines += ['', f'### Longer budget: {", ".join(str(s) for s in sorted(steps))} steps', '',
