@@ -19,7 +19,7 @@ export PYTHONPATH := $(CURDIR)
 COLCON := $(VENV)/bin/colcon --log-base log
 COLCON_COMMON := --paths . --build-base build --install-base install
 
-.PHONY: help setup build test test-slow lint bench demo data demo-bag weights results robult-results rss-results clean
+.PHONY: help setup build test test-slow lint bench demo data demo-bag weights results robult-results robotseg-results rss-results clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -90,6 +90,9 @@ robult-results: setup  ## Robult vs supervised-only at 10/50% labels + inside RM
 	$(PY) -m training.robult.experiment --config $(ROBULT) --rows robult10 sup10 --steps 500 \
 	  --out-root runs/robult_long --no-report
 	$(PY) -m training.robult.report --runs runs/robult --long-runs runs/robult_long --docs docs
+
+robotseg-results: setup  ## RobotSeg: held-out robot videos, 5 variants + flow baseline, J&F (resumes) -> docs/results
+	OMP_NUM_THREADS=1 $(PY) -m training.robotseg.experiment --jobs 5
 
 rss-results: setup  ## RSS ablation (Tables 1-3 structure; ~45 min on 2 cores, resumes) -> docs/results
 	OMP_NUM_THREADS=1 $(PY) -m training.rss.ablation --budget training/configs/rss_ablation.yaml

@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg, _ = load_config(args.config)
             model = RobotSegModel(RobotSegConfig.from_dict(cfg.model))
             train_hw = cfg.data.hw
+        params = sum(p.numel() for p in model.parameters()) / 1e6  # before BatchNorm folding
         k = model.config.memory_size
         frames = synthetic_clip(args.warmup + args.runs + k + 1, args.height, args.width)
 
@@ -106,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     times.sort()
     p90 = times[min(len(times) - 1, int(0.9 * len(times)))]
-    params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f'{args.runs} frames after {args.warmup} warm-up, memory K={k} full, '
           f'{args.threads} threads, {args.height}x{args.width}; load average '
           f'{os.getloadavg()[0]:.2f}', file=sys.stderr)

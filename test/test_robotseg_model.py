@@ -28,6 +28,16 @@ from rmseg_ros.robotseg_stream import (
     overlay,
 )
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: one thread is as fast, and spares the shared cores (restored after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TINY = dict(widths=(8, 8, 16, 16), depths=(1, 1, 1, 1), dim=16, memory_dim=8, heads=2,
             attention_layers=1, upsample_dim=8, object_tokens=3)
 

@@ -28,6 +28,16 @@ pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning:lark.*')
 H, W = 48, 64
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: one thread is as fast, and spares the shared cores (restored after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 def moving_square_video(n: int = 12, name: str = 'v') -> Video:
     """A textured bright square moving right by 2 px per frame over a textured background."""
     rng = np.random.default_rng(1)

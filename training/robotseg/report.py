@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from training.results import write_section
@@ -44,10 +45,12 @@ def collect(runs: Path, sim_sets: Path = DEFAULT_SETS) -> dict[str, Any]:
         figures[f'{key}_jf'] = _pct(ev['JF'])
         figures[f'{key}_j'] = _pct(ev['J'])
         figures[f'{key}_f'] = _pct(ev['F'])
+        per_clip = [c['JF'] for c in ev['clips'].values()]
+        if len(per_clip) > 1:  # standard error of the clip mean: how much a row can move
+            figures[f'{key}_jf_se'] = _pct(float(np.std(per_clip, ddof=1)
+                                                 / np.sqrt(len(per_clip))))
         figures['test_clips'] = ev['num_clips']
         figures['test_frames_scored'] = sum(c['frames'] for c in ev['clips'].values())
-        if 'frame_ms_median' in ev:
-            figures[f'{key}_eval_frame_ms'] = round(ev['frame_ms_median'], 2)
         train = ev.get('train') or {}
         if train.get('step') is not None:
             figures[f'{key}_train_steps'] = train['step']
@@ -94,13 +97,15 @@ def markdown(f: dict[str, Any]) -> str:
         'first-frame rows see the mask of frame 0 of each 10-frame clip only '
         f'({f.get("robotseg_labelled_frames", "?")} labelled frames). '
         'Written by `python -m training.robotseg.report`.', '',
-        '| model | train steps | labelled frames | J&F | J | F |', '|---|---|---|---|---|---|']
+        '| model | train steps | labelled frames | J&F | s.e. (clips) | J | F |',
+        '|---|---|---|---|---|---|---|']
     for _, (label, key) in ROWS.items():
         if f'{key}_jf' not in f:
             continue
         lines.append(f'| {label} | {f.get(f"{key}_train_steps", "-")} | '
                      f'{f.get(f"{key}_labelled_frames", "-")} | {fmt(f[f"{key}_jf"])} | '
-                     f'{fmt(f[f"{key}_j"])} | {fmt(f[f"{key}_f"])} |')
+                     f'{fmt(f.get(f"{key}_jf_se"))} | {fmt(f[f"{key}_j"])} | '
+                     f'{fmt(f[f"{key}_f"])} |')
     if 'robotseg_minus_flow' in f:
         ok = f['robotseg_minus_flow'] >= 10
         lines += ['', f'RobotSeg - flow baseline: {f["robotseg_minus_flow"]:+.2f} points '
@@ -109,6 +114,13 @@ def markdown(f: dict[str, Any]) -> str:
         ok = f['robotseg_over_supervised'] >= 0.9
         lines.append(f'RobotSeg / fully supervised: {100 * f["robotseg_over_supervised"]:.1f}% '
                      f'(target >= 90%: {"met" if ok else "missed"}).')
+    if 'robotseg_jf' in f:
+        above = [label for name, (label, key) in ROWS.items()
+                 if name.startswith('no_') and f.get(f'{key}_jf', -1) >= f['robotseg_jf']]
+        if above:
+            lines.append('Ablations scoring at or above the full model on these clips: '
+                         + '; '.join(above) + '. With this few clips, differences within about '
+                         'two standard errors are not evidence either way.')
     return '\n'.join(lines)
 
 

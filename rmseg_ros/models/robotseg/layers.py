@@ -22,6 +22,20 @@ class ConvBNAct(nn.Sequential):
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
 
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold the BatchNorm (its running statistics) into the convolution, for inference."""
+        conv, bn = self[0], self[1]
+        if not isinstance(bn, nn.BatchNorm2d):
+            return
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                          conv.padding, groups=conv.groups, bias=True)
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        fused.bias.copy_(bn.bias + (bias - bn.running_mean) * scale)
+        self[0], self[1] = fused.to(conv.weight.device), nn.Identity()
+
 
 class DWBlock(nn.Module):
     """Depthwise 3x3 (optionally strided) + pointwise; residual when the shape is kept."""

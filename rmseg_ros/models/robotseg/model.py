@@ -22,7 +22,7 @@ from torch.nn import functional
 
 from .config import RobotSegConfig
 from .decoder import MaskDecoder
-from .layers import ImageEncoder, sine_position_encoding
+from .layers import ConvBNAct, ImageEncoder, sine_position_encoding
 from .memory import MemoryAttention, MemoryBank, MemoryEncoder, MemoryEntry
 from .rpg import RobotPromptGenerator
 from .sema import SEMA, canny_edges
@@ -88,6 +88,15 @@ class RobotSegModel(nn.Module):
     def model_config(self) -> dict:
         return self.config.to_dict()
 
+    def fuse_batchnorm(self) -> RobotSegModel:
+        """Inference form: BatchNorm folded into the convolutions (not trainable afterwards;
+        its state dict no longer matches a checkpoint's)."""
+        self.eval()
+        for module in self.modules():
+            if isinstance(module, ConvBNAct):
+                module.fuse()
+        return self
+
     def _pos(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         key = (h, w, str(device))
         if key not in self._pos_cache:
@@ -151,7 +160,7 @@ class RobotSegTracker:
         if not 1 <= k <= model.config.memory_size:
             raise ValueError(f'memory_size must be in 1..{model.config.memory_size} (the K the '
                              f'model was built with), got {k}')
-        self.model = model.eval()
+        self.model = model.fuse_batchnorm()  # a tracker only infers
         self.device = resolve_device(device)
         self.model.to(self.device)
         self.input_hw = tuple(input_hw) if input_hw is not None else None
@@ -175,7 +184,7 @@ class RobotSegTracker:
         self.memory = moved
         return self
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step_prob(self, rgb: np.ndarray) -> np.ndarray:
         """Frame -> (H, W) float32 robot probability at the frame's own size."""
         image, edges = prepare_frame(rgb, self.input_hw, self.model.config.canny_sigma)
