@@ -457,17 +457,22 @@ def _write_bag(path: Path, frames: int, seed: int) -> None:
                                                        'camera_optical_frame'))
 
 
-@pytest.fixture(scope='module')
-def pipeline_config(tmp_path_factory) -> Path:
-    """A tiny cache (train and val shards at 48x64) and an rmmss config pointing at it."""
-    root = tmp_path_factory.mktemp('rmmss')
+def _tiny_dataset_config(root: Path) -> Path:
+    """dataset.yaml + perception.yaml under root for a 48x64 front-end; returns dataset.yaml."""
     frontend = yaml.safe_load((REPO / 'config' / 'perception.yaml').read_text())
     frontend['frontend'].update(height=48, width=64)
     (root / 'perception.yaml').write_text(yaml.safe_dump(frontend))
     dataset = yaml.safe_load((REPO / 'training' / 'configs' / 'dataset.yaml').read_text())
     dataset['frontend_config'] = str(root / 'perception.yaml')
     (root / 'dataset.yaml').write_text(yaml.safe_dump(dataset))
-    dcfg = DatasetConfig.load(root / 'dataset.yaml')
+    return root / 'dataset.yaml'
+
+
+@pytest.fixture(scope='module')
+def pipeline_config(tmp_path_factory) -> Path:
+    """A tiny cache (train and val shards at 48x64) and an rmmss config pointing at it."""
+    root = tmp_path_factory.mktemp('rmmss')
+    dcfg = DatasetConfig.load(_tiny_dataset_config(root))
     for split, seed in (('train', 1), ('val', 2)):
         _write_bag(root / 'bags' / split / 'scene0', frames=5, seed=seed)
         summary = build_cache([root / 'bags' / split / 'scene0'], root / 'cache' / split, dcfg)

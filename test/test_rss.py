@@ -295,21 +295,15 @@ def test_configs_load_and_ablation_plan_has_every_row():
 @pytest.fixture(scope='module')
 def rss_config(tmp_path_factory) -> Path:
     """A tiny cache (48x64) built from a bag written here, and an rss config pointing at it."""
-    from test_rmmss import _write_bag  # its four-modality bag with learnable labels
+    from test_rmmss import _tiny_dataset_config, _write_bag  # four-modality bag, 48x64
 
     from training.data.bag_samples import DatasetConfig
     from training.data.cli import build_cache
 
     root = tmp_path_factory.mktemp('rss')
-    frontend = yaml.safe_load((REPO / 'config' / 'perception.yaml').read_text())
-    frontend['frontend'].update(height=48, width=64)
-    (root / 'perception.yaml').write_text(yaml.safe_dump(frontend))
-    dataset = yaml.safe_load((REPO / 'training' / 'configs' / 'dataset.yaml').read_text())
-    dataset['frontend_config'] = str(root / 'perception.yaml')
-    (root / 'dataset.yaml').write_text(yaml.safe_dump(dataset))
+    dataset_yaml = _tiny_dataset_config(root)
     _write_bag(root / 'bags' / 'scene0', frames=5, seed=1)
-    build_cache([root / 'bags' / 'scene0'], root / 'cache',
-                DatasetConfig.load(root / 'dataset.yaml'))
+    build_cache([root / 'bags' / 'scene0'], root / 'cache', DatasetConfig.load(dataset_yaml))
     raw = yaml.safe_load((REPO / 'training' / 'configs' / 'rss.yaml').read_text())
     raw['out_root'] = str(root / 'runs')
     raw['data'].update(train_shards=[str(root / 'cache' / '*')],

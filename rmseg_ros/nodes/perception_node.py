@@ -51,6 +51,7 @@ from rmseg_ros.graph import (
 )
 from rmseg_ros.latest_worker import LatestOnlyWorker
 from rmseg_ros.modalities import MODALITIES
+from rmseg_ros.nodes.runner import raise_keyboard_interrupt, split_argv
 from rmseg_ros.perception import (
     OUTPUTS,
     InputCheckConfig,
@@ -479,10 +480,6 @@ class PerceptionNode(LifecycleNode):
 
 # ---------------------------------------------------------------------------- entry point
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='perception_node',
@@ -496,9 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    ros_start = argv.index('--ros-args') if '--ros-args' in argv else len(argv)
-    build_parser().parse_args(argv[1:ros_start])  # --help exits here, before ROS starts
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    build_parser().parse_args(split_argv(argv)[0])  # --help exits here, before ROS starts
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     context = rclpy.Context()
     rclpy.init(args=argv, context=context)
     node = PerceptionNode(context=context)

@@ -14,7 +14,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+def raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
@@ -28,7 +28,7 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def spin_node(make: Callable[[Any], Any], argv: Sequence[str],
               on_exit: Callable[[Any], None] | None = None) -> int:
     """rclpy.init on a fresh context, `make(context)`, spin until shutdown, clean up."""
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     context = rclpy.Context()
     rclpy.init(args=list(argv), context=context)
     node = make(context)

@@ -12,29 +12,15 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from rmseg_ros.models.fusion import ConvBN
 
-class ConvBNAct(nn.Sequential):
+
+class ConvBNAct(ConvBN):
+    """The fusion network's ConvBN (BN folding included) with RobotSeg's 3x3 default kernel."""
+
     def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
                  act: bool = True) -> None:
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups,
-                                             bias=False), nn.BatchNorm2d(cout)]
-        if act:
-            layers.append(nn.ReLU(inplace=True))
-        super().__init__(*layers)
-
-    @torch.no_grad()
-    def fuse(self) -> None:
-        """Fold the BatchNorm (its running statistics) into the convolution, for inference."""
-        conv, bn = self[0], self[1]
-        if not isinstance(bn, nn.BatchNorm2d):
-            return
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                          conv.padding, groups=conv.groups, bias=True)
-        fused.weight.copy_(conv.weight * scale[:, None, None, None])
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        fused.bias.copy_(bn.bias + (bias - bn.running_mean) * scale)
-        self[0], self[1] = fused.to(conv.weight.device), nn.Identity()
+        super().__init__(cin, cout, k, stride, groups, act)
 
 
 class DWBlock(nn.Module):
