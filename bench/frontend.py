@@ -65,8 +65,11 @@ def full_frame() -> RawFrame:
                    axis=-1).reshape(-1, 3).astype(np.float32)
     T_cam_lidar = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)
     n_ev = 50_000
-    events = EventBatch(rng.integers(0, 640, n_ev), rng.integers(0, 480, n_ev),
-                        np.sort(rng.integers(0, 50_000_000, n_ev)), rng.choice([-1, 1], n_ev))
+    # the dtypes frame_from_messages gives for the standard event cloud (x, y uint16; p int8)
+    events = EventBatch(rng.integers(0, 640, n_ev, dtype=np.uint16),
+                        rng.integers(0, 480, n_ev, dtype=np.uint16),
+                        np.sort(rng.integers(0, 50_000_000, n_ev)),
+                        rng.choice(np.array([-1, 1], np.int8), n_ev))
     return RawFrame(
         stamp_ns=0, camera=camera,
         rgb=rng.integers(0, 255, (480, 640, 3)).astype(np.uint8),

@@ -9,6 +9,8 @@ prints (DESIGN.md section 7):
   forward_ms          the node's median model forward time (from its diagnostics)
   overhead_p50_ms     latency_p50 - forward: sync wait, decoding, pre/post-processing, transport
   transport_loss_pct  sensor messages published here but never received by the node
+  node_*_p50_ms       the node's own breakdown: wait for the worker, preprocess (decode + model
+                      input), postprocess, publish; node_latency_p50_ms = set complete -> published
 
 `--low-latency` (default) sets sync.wait_for_closer:=false and sync.slop:=0.1, so a frame never
 waits for a later LiDAR scan; `--exact` keeps the default matching (adds up to one LiDAR period).
@@ -39,6 +41,8 @@ def main() -> int:
     ap.add_argument('--exact', action='store_true', help='exact (waiting) sync matching')
     ap.add_argument('--width', type=int, default=640)
     ap.add_argument('--height', type=int, default=480)
+    ap.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
+                    help='extra perception-node parameter (repeatable), e.g. num_threads:=1')
     opts = ap.parse_args()
     os.environ.setdefault('ROS_DOMAIN_ID', '91')
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
@@ -47,6 +51,8 @@ def main() -> int:
         p for p in (str(REPO), os.environ.get('PYTHONPATH', '')) if p))
     params = ['-p', f'checkpoint:={opts.checkpoint}', '-p', 'diagnostics_period_s:=0.5',
               '-p', 'qos_reliability:=reliable', '-p', 'qos_depth:=5']
+    for extra in opts.param:
+        params += ['-p', extra]
     if not opts.exact:
         params += ['-p', 'sync.wait_for_closer:=false', '-p', 'sync.slop:=0.1']
     node = subprocess.Popen([sys.executable, '-m', 'rmseg_ros.nodes.perception_node',
@@ -132,6 +138,14 @@ def main() -> int:
     print(f'forward_ms: {forward:.2f} ms')
     print(f'overhead_p50_ms: {np.percentile(lat, 50) - forward:.2f} ms')
     print(f'transport_loss_pct: {100.0 * lost / max(sent, 1):.3f} %')
+    # where the overhead goes (node's own medians): the rest of latency_p50 is transport in and
+    # out, and the time from the pivot's stamp to its set completing in the synchroniser
+    for stage in ('wait', 'preprocess', 'postprocess', 'publish'):
+        value = pipeline.get(f'{stage}_p50_ms', '')
+        if value:
+            print(f'node_{stage}_p50_ms: {float(value):.2f} ms')
+    if pipeline.get('latency_p50_ms'):
+        print(f'node_latency_p50_ms: {float(pipeline["latency_p50_ms"]):.2f} ms')
     print(f'# published {published}, received by the node {received}, backend '
           f'{pipeline.get("backend")}, device {pipeline.get("device")}, skipped '
           f'{pipeline.get("skipped_frames")}, sync {"exact" if opts.exact else "low-latency"}',

@@ -36,6 +36,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+#: Stages of one output's latency, in order: waiting for the worker, decoding and building the
+#: model input, the model, labels -> outputs, serialising and publishing.
+STAGES = ('wait', 'preprocess', 'forward', 'postprocess', 'publish')
+
+
 class PerceptionStats:
     """Thread-safe counters and recent timings (bounded windows)."""
 
@@ -43,7 +48,8 @@ class PerceptionStats:
         self._lock = threading.Lock()
         self.problems: Counter[tuple[str, str]] = Counter()  # (modality, kind) -> count
         self.latency_ms: deque[float] = deque(maxlen=window)  # pivot arrival -> published
-        self.forward_ms: deque[float] = deque(maxlen=window)
+        # where the latency goes, per output: STAGES (wait = arrival -> worker start)
+        self.stage_ms: dict[str, deque[float]] = {k: deque(maxlen=window) for k in STAGES}
         self.published: deque[float] = deque(maxlen=window)  # monotonic times of outputs
         self.subsets: Counter[str] = Counter()
         self.last_subset: tuple[str, ...] = ()
@@ -56,13 +62,15 @@ class PerceptionStats:
         with self._lock:
             self.problems[(modality, kind)] += 1
 
-    def output(self, now: float, latency_ms: float, forward_ms: float, used: tuple[str, ...],
-               missing: tuple[str, ...], degraded: dict[str, str]) -> None:
+    def output(self, now: float, latency_ms: float, stage_ms: dict[str, float],
+               used: tuple[str, ...], missing: tuple[str, ...], degraded: dict[str, str]) -> None:
+        """One published result; stage_ms maps (some of) STAGES to milliseconds."""
         with self._lock:
             self.outputs += 1
             self.published.append(now)
             self.latency_ms.append(latency_ms)
-            self.forward_ms.append(forward_ms)
+            for stage, ms in stage_ms.items():
+                self.stage_ms[stage].append(ms)
             name = '+'.join(used)
             self.subsets[name] += 1
             self.last_subset, self.last_missing = used, missing
@@ -78,12 +86,13 @@ class PerceptionStats:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             lat = np.array(self.latency_ms) if self.latency_ms else None
-            fwd = np.array(self.forward_ms) if self.forward_ms else None
+            stages = {f'{k}_p50_ms': float(np.median(v)) if v else None
+                      for k, v in self.stage_ms.items()}
             return {
                 'outputs': self.outputs,
                 'latency_p50_ms': None if lat is None else float(np.percentile(lat, 50)),
                 'latency_p95_ms': None if lat is None else float(np.percentile(lat, 95)),
-                'forward_p50_ms': None if fwd is None else float(np.percentile(fwd, 50)),
+                **stages,
                 'subsets': dict(self.subsets),
                 'last_subset': self.last_subset,
                 'last_missing': self.last_missing,
@@ -129,7 +138,7 @@ def statuses(node_name: str, states: dict[str, ModalityState], snap: dict[str, A
               'missing': '+'.join(snap['last_missing']),
               'latency_p50_ms': _fmt(snap['latency_p50_ms']),
               'latency_p95_ms': _fmt(snap['latency_p95_ms']),
-              'forward_p50_ms': _fmt(snap['forward_p50_ms']),
+              **{f'{k}_p50_ms': _fmt(snap[f'{k}_p50_ms']) for k in STAGES},
               'outputs': _fmt(snap['outputs']),
               'unsubscribed_sets': _fmt(snap['unsubscribed']),
               'blocked_reason': blocked_reason or '',

@@ -70,7 +70,8 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
               'at run time falls back to the CPU for good.'),
     ParamSpec('backend', 'auto', "'torch', 'onnx' (onnxruntime; faster on CPU) or 'auto' (onnx "
               'on CPU, torch on CUDA).'),
-    ParamSpec('num_threads', 0, 'CPU threads for inference; 0 = library default.'),
+    ParamSpec('num_threads', 0, 'CPU threads for inference; 0 = available cores minus one '
+              '(one is left for receiving and pre-processing).'),
     ParamSpec('autostart', True, 'Configure and activate on start (false: wait for lifecycle '
               'transitions from a manager).'),
     # topics

@@ -24,9 +24,9 @@ import numpy as np
 
 from rmseg_ros import conversions
 from rmseg_ros.camera import CameraIntrinsics
-from rmseg_ros.depth import depth_to_metres, resize_depth
+from rmseg_ros.depth import check_encoding, depth_to_metres, resize_nearest
 from rmseg_ros.events import event_image_to_voxel, events_to_voxel
-from rmseg_ros.lidar_projection import lidar_to_image
+from rmseg_ros.lidar_projection import lidar_hits
 from rmseg_ros.modalities import MODALITIES
 
 DROP, FEED = 'drop', 'feed'
@@ -118,8 +118,11 @@ def _events_from_cloud(msg: Any) -> EventBatch:
         raise ValueError(f'event cloud lacks fields {sorted(missing)} (has {list(names)})')
     t = cloud['t']
     t_ns = (t * 1e9).astype(np.int64) if np.issubdtype(t.dtype, np.floating) else t.astype(np.int64)
-    return EventBatch(cloud['x'].astype(np.int64), cloud['y'].astype(np.int64), t_ns,
-                      cloud['p'].astype(np.int8))
+    # integer pixel fields keep their width (uint16 in the standard layout): a quarter of the
+    # memory traffic of int64 in the voxel grid
+    x, y = (np.ascontiguousarray(cloud[k]) if np.issubdtype(cloud[k].dtype, np.integer)
+            else cloud[k].astype(np.int64) for k in ('x', 'y'))
+    return EventBatch(x, y, t_ns, cloud['p'].astype(np.int8))
 
 
 def frame_from_messages(stamp_ns: int, messages: dict[str, Any], camera: CameraIntrinsics,
@@ -179,14 +182,15 @@ def _check_aspect(name: str, hw: tuple[int, int], camera: CameraIntrinsics) -> N
 def normalize_rgb(rgb_small: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     """(H, W, 3) uint8 RGB at model size -> (3, H, W) float32 normalised (shared with training).
 
-    Channel by channel with scalar factors: ~5x faster here than one broadcast over (H, W, 3).
+    Channel by channel with scalar factors: ~5x faster here than one broadcast over (H, W, 3);
+    cv2.split first, because contiguous planes convert ~1.5x faster than strided channel views.
     """
     h, w = rgb_small.shape[:2]
     out = np.empty((3, h, w), dtype=np.float32)
-    for c in range(3):
+    for c, plane in enumerate(cv2.split(np.ascontiguousarray(rgb_small))):
         scale = np.float32(1.0 / (255.0 * cfg.rgb_std[c]))
         offset = np.float32(cfg.rgb_mean[c] / cfg.rgb_std[c])
-        np.multiply(rgb_small[:, :, c], scale, out=out[c], dtype=np.float32)
+        np.multiply(plane, scale, out=out[c], dtype=np.float32)
         out[c] -= offset
     return out
 
@@ -216,9 +220,10 @@ def _rgb_tensor(rgb: np.ndarray, cfg: FrontendConfig) -> tuple[np.ndarray, np.nd
 
 def _depth_tensor(frame: RawFrame, cfg: FrontendConfig) -> tuple[np.ndarray, str | None]:
     _check_aspect('depth', frame.depth.shape[:2], frame.camera)
-    metres, valid = depth_to_metres(frame.depth, frame.depth_encoding,
+    check_encoding(frame.depth_encoding)  # before resizing: name the real problem
+    # nearest resizing commutes with the per-pixel conversion: convert the small image
+    metres, valid = depth_to_metres(resize_nearest(frame.depth, cfg.hw), frame.depth_encoding,
                                     cfg.depth_min_m, cfg.depth_max_m)
-    metres, valid = resize_depth(metres, valid, cfg.hw)
     tensor = np.empty((2, *cfg.hw), dtype=np.float32)
     np.multiply(metres, 1.0 / cfg.depth_max_m, out=tensor[0])
     tensor[1] = valid
@@ -231,19 +236,19 @@ def _depth_tensor(frame: RawFrame, cfg: FrontendConfig) -> tuple[np.ndarray, str
 
 def _lidar_tensor(frame: RawFrame, cfg: FrontendConfig) -> tuple[np.ndarray, str | None]:
     xyz = frame.lidar_xyz
-    image = lidar_to_image(xyz, frame.lidar_intensity, frame.T_cam_lidar, frame.camera, cfg.hw)
-    tensor = np.empty((3, *cfg.hw), dtype=np.float32)
-    np.multiply(image.range, 1.0 / cfg.lidar_max_range_m, out=tensor[0])
-    np.minimum(tensor[0], 1.0, out=tensor[0])
-    np.multiply(image.intensity, 1.0 / cfg.lidar_intensity_scale, out=tensor[1])
-    tensor[2] = image.mask
-    hits = int(np.count_nonzero(image.mask))
+    hits = lidar_hits(xyz, frame.lidar_intensity, frame.T_cam_lidar, frame.camera, cfg.hw)
+    # channels (range / max clipped at 1, intensity / scale, hit mask) written at the hits only
+    tensor = np.zeros((3, cfg.hw[0] * cfg.hw[1]), dtype=np.float32)
+    tensor[0, hits.pixel] = np.minimum(hits.range * (1.0 / cfg.lidar_max_range_m), 1.0)
+    if hits.intensity is not None:
+        tensor[1, hits.pixel] = hits.intensity * np.float32(1.0 / cfg.lidar_intensity_scale)
+    tensor[2, hits.pixel] = 1.0
     reason = None
     if len(xyz) == 0:
         reason = 'empty cloud'
-    elif hits < cfg.degraded.lidar_min_points_in_view:
-        reason = f'{hits} points in the camera view'
-    return tensor, reason
+    elif hits.pixel.size < cfg.degraded.lidar_min_points_in_view:
+        reason = f'{hits.pixel.size} points in the camera view'
+    return tensor.reshape(3, *cfg.hw), reason
 
 
 def _event_tensor(frame: RawFrame, cfg: FrontendConfig) -> tuple[np.ndarray, str | None]:
@@ -255,7 +260,8 @@ def _event_tensor(frame: RawFrame, cfg: FrontendConfig) -> tuple[np.ndarray, str
             t_end = int(ev.t_ns.max())
             t_start = t_end - int(cfg.event_window_s * 1e9)
             voxel = events_to_voxel(ev.x, ev.y, ev.t_ns, ev.p, cfg.event_bins, sensor_hw,
-                                    cfg.hw, t_range=(t_start, t_end))
+                                    cfg.hw, t_range=(t_start, t_end),
+                                    scale=1.0 / cfg.event_scale, clip=1.0)
             rate = len(ev.t_ns) / float(sensor_hw[0] * sensor_hw[1])
             if rate > cfg.degraded.event_max_rate_per_pixel:
                 reason = f'{rate:.1f} events per pixel (storm)'
@@ -264,9 +270,9 @@ def _event_tensor(frame: RawFrame, cfg: FrontendConfig) -> tuple[np.ndarray, str
     else:
         _check_aspect('event image', frame.event_image.shape[:2], frame.camera)
         voxel = event_image_to_voxel(frame.event_image, cfg.event_bins, cfg.hw)
+        voxel *= np.float32(1.0 / cfg.event_scale)
+        np.clip(voxel, -1.0, 1.0, out=voxel)
         reason = None
-    voxel *= np.float32(1.0 / cfg.event_scale)
-    np.clip(voxel, -1.0, 1.0, out=voxel)
     return voxel, reason
 
 

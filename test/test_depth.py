@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmseg_ros.depth import depth_to_metres, resize_depth
+from rmseg_ros.depth import depth_to_metres, resize_depth, resize_nearest
 
 
 @pytest.mark.parametrize('encoding', ['16UC1', 'mono16'])
@@ -95,3 +95,21 @@ def test_resize_other_dtypes_and_same_size():
     assert same is not d and same_v is not v
     with pytest.raises(ValueError):
         resize_depth(d, v[:2], (2, 2))
+
+
+@pytest.mark.parametrize('encoding', ['16UC1', '32FC1'])
+@pytest.mark.parametrize('out_hw', [(240, 320), (100, 130)])
+def test_resize_then_convert_equals_convert_then_resize(encoding, out_hw):
+    """The front-end resizes the raw image first (4x fewer pixels to convert): that is only
+    right because nearest resizing commutes with the per-pixel conversion, NaN / 0 included."""
+    rng = np.random.default_rng(3)
+    mm = rng.integers(0, 12_000, (480, 640)).astype(np.uint16)
+    mm[rng.random(mm.shape) < 0.1] = 0
+    raw = mm if encoding == '16UC1' else np.where(mm == 0, np.nan, mm / 1000.0).astype(np.float32)
+    if encoding == '32FC1':
+        raw[0, :50] = np.inf
+    small_first = depth_to_metres(resize_nearest(raw, out_hw), encoding, 0.3, 10.0)
+    full_first = resize_depth(*depth_to_metres(raw, encoding, 0.3, 10.0), out_hw)
+    np.testing.assert_array_equal(small_first[0], full_first[0])
+    np.testing.assert_array_equal(small_first[1], full_first[1])
+    assert 0 < small_first[1].mean() < 1  # both valid and invalid readings were exercised

@@ -188,3 +188,32 @@ def test_event_image_resize_is_nearest_and_matches_raw_layout():
     np.testing.assert_allclose(np.abs(v[v != 0]), 0.2, rtol=1e-6)
     # same layout as raw events: ON (255 sampled) positive in every bin, OFF negative
     assert (v[:, img[1::2, 1::2] == 255] > 0).all() and (v[:, img[1::2, 1::2] == 0] < 0).all()
+
+
+def test_scale_multiplies_every_event_weight():
+    """The front-end folds its normalisation into the events: same grid as scaling afterwards."""
+    rng = np.random.default_rng(5)
+    n = 2000
+    x, y = rng.integers(0, SENSOR[1], n), rng.integers(0, SENSOR[0], n)
+    t, p = np.sort(rng.integers(0, 10_000, n)), rng.integers(0, 2, n)
+    for split in (False, True):
+        plain = events_to_voxel(x, y, t, p, 5, SENSOR, (60, 80), split_polarity=split)
+        scaled = events_to_voxel(x, y, t, p, 5, SENSOR, (60, 80), split_polarity=split,
+                                 scale=0.25)
+        np.testing.assert_allclose(scaled, plain * 0.25, atol=1e-6)
+        assert np.abs(plain).sum() > 100
+
+
+def test_clip_equals_clipping_afterwards():
+    rng = np.random.default_rng(6)
+    n = 5000  # many events on a small sensor: cells well above 1
+    x, y = rng.integers(0, 16, n), rng.integers(0, 12, n)
+    t, p = np.sort(rng.integers(0, 1000, n)), rng.integers(0, 2, n)
+    for split in (False, True):
+        plain = events_to_voxel(x, y, t, p, 3, (12, 16), split_polarity=split)
+        clipped = events_to_voxel(x, y, t, p, 3, (12, 16), split_polarity=split, clip=2.0)
+        assert np.abs(plain).max() > 2.0
+        np.testing.assert_array_equal(clipped, np.clip(plain, -2.0, 2.0))
+        assert clipped.flags.c_contiguous and clipped.shape == plain.shape
+    with pytest.raises(ValueError, match='clip'):
+        events_to_voxel(x, y, t, p, 3, (12, 16), clip=0.0)

@@ -11,6 +11,8 @@ import pytest
 
 from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.lidar_projection import (
+    _nearest_per_pixel,
+    _zbuffer,
     labels_to_points,
     lidar_to_image,
     project_points,
@@ -426,3 +428,15 @@ def test_labels_to_points_low_resolution_label_image(cloud):
     np.testing.assert_array_equal(out[visible], labels.ravel()[flat[visible]])
     assert (out[~visible] == 255).all()
     assert (~visible).sum() > 100
+
+
+def test_nearest_point_wins_with_exact_ties():
+    """Each hit pixel gets exactly one point, the nearest; an exact depth tie keeps one."""
+    flat = np.array([3, 1, 3, 3, 1, 0, 7])
+    depth = np.array([2.0, 1.0, 1.5, 1.5, 0.5, 9.0, 4.0])
+    zbuf = _zbuffer(flat, depth, 8)
+    np.testing.assert_array_equal(zbuf, [9.0, 0.5, np.inf, 1.5, np.inf, np.inf, np.inf, 4.0])
+    win = _nearest_per_pixel(flat, depth, zbuf)
+    assert sorted(flat[win].tolist()) == [0, 1, 3, 7]  # one winner per hit pixel
+    assert np.array_equal(depth[win], zbuf[flat[win]])  # each the nearest of its pixel
+    assert set(win.tolist()) & {2, 3} and not {2, 3} <= set(win.tolist())

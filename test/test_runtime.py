@@ -3,6 +3,10 @@
 import subprocess
 import sys
 
+import pytest
+
+from rmseg_ros import runtime
+
 CHILD = r'''
 import resource, sys
 import numpy as np
@@ -31,3 +35,12 @@ def test_tuned_malloc_stops_refaulting_freed_memory():
     # Untuned, the freed heap top is trimmed and every round faults ~12k pages in again.
     assert default > 5 * 5000
     assert tuned < default / 20
+
+
+@pytest.mark.parametrize(('cores', 'requested', 'expected'),
+                         [(2, 0, 1), (8, 0, 7), (1, 0, 1), (2, 3, 3), (8, 1, 1)])
+def test_inference_threads_leave_a_core_for_the_callbacks(monkeypatch, cores, requested,
+                                                          expected):
+    monkeypatch.setattr(runtime.os, 'sched_getaffinity', lambda pid: set(range(cores)),
+                        raising=False)
+    assert runtime.inference_threads(requested) == expected

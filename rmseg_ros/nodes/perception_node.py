@@ -63,6 +63,7 @@ from rmseg_ros.perception import (
     check_stamp,
 )
 from rmseg_ros.preprocess import DROP, FEED, DegradedConfig
+from rmseg_ros.runtime import inference_threads
 from rmseg_ros.sync import SyncedSet
 from rmseg_ros.sync_failover import FailoverSynchronizer
 from rmseg_ros.transforms import TransformTree, transform_from_xyz_rpy
@@ -177,7 +178,7 @@ class PerceptionNode(LifecycleNode):
             raise ValueError(f'checkpoint {path} does not exist')
         self.segmenter = Segmenter.from_checkpoint(
             path, device=device, backend=backend, expected_classes=self.classes.names,
-            num_threads=int(p['num_threads']) or None)
+            num_threads=inference_threads(int(p['num_threads'])))
         self.pipeline = PerceptionPipeline(self.segmenter, self.classes, self.cfg)
         # warm-up: the first call allocates; it should not count as a frame's latency
         hw = self.segmenter.input_hw
@@ -370,6 +371,7 @@ class PerceptionNode(LifecycleNode):
         return self.T_cam_lidar_param
 
     def _process(self, synced: SyncedSet) -> None:
+        started = time.monotonic()
         pipeline = self.pipeline
         if pipeline is None:
             return
@@ -394,12 +396,18 @@ class PerceptionNode(LifecycleNode):
             self._count_rejected(exc.errors, exc.degraded)
             raise
         self._count_rejected(result.errors, result.degraded)
+        t_publish = time.monotonic()
         self._publish(synced, result)
         arrival = self._arrival.pop(synced.stamp_ns, None)
         now = time.monotonic()
-        latency = (now - arrival) * 1e3 if arrival is not None else float('nan')
-        self.stats.output(now, latency, result.timings_ms['forward_ms'], result.used,
-                          tuple(sorted(result.missing)), result.degraded)
+        stages = {k.removesuffix('_ms'): v for k, v in result.timings_ms.items()}
+        stages['publish'] = (now - t_publish) * 1e3
+        latency = float('nan')
+        if arrival is not None:
+            latency = (now - arrival) * 1e3
+            stages['wait'] = (started - arrival) * 1e3
+        self.stats.output(now, latency, stages, result.used, tuple(sorted(result.missing)),
+                          result.degraded)
 
     def _count_rejected(self, errors: dict[str, str], degraded: dict[str, str]) -> None:
         for modality, why in errors.items():
