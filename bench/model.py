@@ -1,13 +1,15 @@
 """Forward-pass timing of the deployed RMMSS student (FSMStudent) and of one FusionSegNet.
 
+A forward here is what the Segmenter does per frame: input tensors -> stride-4 logits -> labels
+and confidence at the input size (label_maps.labels_from_logits, included in every figure).
 Random weights, all four modalities, batch 1, eval, no grad, BatchNorm folded and channels-last
 memory (the Segmenter's CPU path), `--threads` torch threads (default 2). The models run in
 alternating blocks of 10 consecutive runs (warm caches as in a node, the same machine load for
 all); medians of `--runs` runs after `--warmup` runs. The machine is shared and virtualised,
 so the minimum and the 90th percentile are printed too, plus `calibration_matmul_ms` (a fixed
 512^3 matmul timed in the same run) to compare runs taken under different load. onnxruntime
-figures use the graph the Segmenter exports (four modality inputs + presence, argmax and
-confidence at the end), one session alive at a time.
+figures use the graph the Segmenter exports (four modality inputs + presence -> stride-4
+logits), one session alive at a time.
 
 Prints one `figure: value unit` line per figure; exits 1 if it could not measure.
 """
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         import numpy as np
         import torch
 
+        from rmseg_ros.label_maps import labels_from_logits
         from rmseg_ros.modalities import input_channels
         from rmseg_ros.models.fsm import FSMStudent
         from rmseg_ros.models.fusion import FusionConfig, FusionSegNet
@@ -89,15 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         cl_inputs = {m: t.contiguous(memory_format=torch.channels_last) for m, t in inputs.items()}
         presence = torch.ones(4, dtype=torch.bool)
         a = torch.randn(512, 512)
+        def labels(model: torch.nn.Module) -> Callable[[], object]:
+            return lambda: labels_from_logits(
+                model(cl_inputs, presence, upsample=False).logits[0].numpy(), hw)
+
         fns: dict[str, Callable[[], object]] = {
-            'student': lambda: student(cl_inputs, presence),
-            'fusion': lambda: single(cl_inputs, presence),
+            'student': labels(student),
+            'fusion': labels(single),
             'calibration': lambda: a @ a,
         }
         if args.compare_encoders:
             separate = deployable(FusionSegNet(FusionConfig(num_classes=args.classes,
                                                             shared_encoder=False)))
-            fns['fusion_separate'] = lambda: separate(cl_inputs, presence)
+            fns['fusion_separate'] = labels(separate)
         with torch.no_grad():
             times = _blocks(fns, args.runs, args.warmup)
 
@@ -121,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                     # steal the cores from the one being timed
                     session = ort.InferenceSession(str(path), opts,
                                                    providers=['CPUExecutionProvider'])
-                    onnx_times.update(_blocks({name: lambda s=session: s.run(None, feed)},
-                                              args.runs, args.warmup))
+                    def run(s: ort.InferenceSession = session) -> object:
+                        return labels_from_logits(s.run(None, feed)[0][0], hw)
+
+                    onnx_times.update(_blocks({name: run}, args.runs, args.warmup))
                     del session
     except Exception as exc:  # report, exit non-zero: the figure could not be measured
         print(f'error: {type(exc).__name__}: {exc}', file=sys.stderr)

@@ -9,8 +9,11 @@ ROS-free, used by the perception node. Choices and why:
 - backend 'onnx' exports the model once (legacy TorchScript exporter, which needs no onnxscript)
   into a cache directory keyed by the checkpoint's content hash, and runs it with onnxruntime.
   The graph takes all four modality tensors plus a float presence (1, 4), so any subset runs in
-  one graph; absent modalities are fed as zeros and masked inside the fusion. The graph ends in
-  argmax + max-softmax so only (H, W) maps leave it.
+  one graph; absent modalities are fed as zeros and masked inside the fusion. The graph ends at
+  the stride-4 logits.
+- both backends turn stride-4 logits into labels with `label_maps.labels_from_logits` (exactly
+  the argmax of the bilinearly upsampled logits, ~2 ms on the CPU instead of ~10 ms for
+  upsampling all class planes and reducing over them in onnxruntime).
 - on CPU the torch backend folds BatchNorm into the convolutions and uses channels-last memory
   (oneDNN's 1x1 and depthwise convolutions are several times faster in that layout here).
 """
@@ -32,6 +35,7 @@ import torch
 from torch import nn
 
 from rmseg_ros.config import from_dict
+from rmseg_ros.label_maps import labels_from_logits
 from rmseg_ros.modalities import INDEX, MODALITIES, input_channels, presence_from_names
 from rmseg_ros.models.checkpoint import load_model
 from rmseg_ros.preprocess import FrontendConfig
@@ -41,16 +45,7 @@ logger = logging.getLogger(__name__)
 BACKENDS = ('torch', 'onnx')
 DEVICES = ('auto', 'cuda', 'cpu')
 ONNX_OPSET = 17
-
-
-def postprocess(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, K, H, W) logits -> labels (B, H, W) int64, max softmax probability (B, H, W).
-
-    max softmax = 1 / sum_k exp(l_k - max_k l): one exp per logit, no full softmax tensor kept.
-    """
-    top = logits.amax(dim=1, keepdim=True)
-    confidence = 1.0 / torch.exp(logits - top).sum(dim=1)
-    return logits.argmax(dim=1), confidence
+ONNX_GRAPH = 'logits4'  # what the exported graph returns (part of the cache name): stride-4 logits
 
 
 class _OnnxGraph(nn.Module):
@@ -61,10 +56,10 @@ class _OnnxGraph(nn.Module):
         self.model = model
 
     def forward(self, rgb: torch.Tensor, depth: torch.Tensor, lidar: torch.Tensor,
-                event: torch.Tensor, presence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                event: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+        """-> stride-4 logits; label_maps.labels_from_logits makes the label map."""
         inputs = {'rgb': rgb, 'depth': depth, 'lidar': lidar, 'event': event}
-        out = self.model(inputs, presence > 0.5, static=True)
-        return postprocess(out.logits)
+        return self.model(inputs, presence > 0.5, static=True, upsample=False).logits
 
 
 def _is_cuda_failure(exc: BaseException) -> bool:
@@ -105,7 +100,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, hw: tuple[int, int],
             warnings.simplefilter('ignore')  # the legacy exporter's deprecation and tracer notes
             torch.onnx.export(graph, args, str(tmp), dynamo=False, opset_version=ONNX_OPSET,
                               input_names=[*MODALITIES, 'presence'],
-                              output_names=['labels', 'confidence'], do_constant_folding=True)
+                              output_names=['logits'], do_constant_folding=True)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -178,7 +173,7 @@ class Segmenter:
             cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
             hw = tuple(meta['input_hw'])
             name = (f'{_file_sha256(path)[:20]}_{hw[0]}x{hw[1]}_op{ONNX_OPSET}'
-                    f'_torch{torch.__version__.split("+")[0]}.onnx')
+                    f'_torch{torch.__version__.split("+")[0]}_{ONNX_GRAPH}.onnx')
             onnx_path = cache / name
             if not onnx_path.is_file():
                 logger.info('exporting %s to ONNX at %s', path, onnx_path)
@@ -274,8 +269,8 @@ class Segmenter:
         feed = {m: (used[m][None] if m in used else np.zeros((1, chans[m], *hw), np.float32))
                 for m in MODALITIES}
         feed['presence'] = np.array([[m in used for m in MODALITIES]], dtype=np.float32)
-        labels, conf = self._session.run(['labels', 'confidence'], feed)
-        return labels[0].astype(np.uint8), conf[0].astype(np.float32, copy=False)
+        (logits,) = self._session.run(['logits'], feed)
+        return labels_from_logits(logits[0], hw)
 
     def _run(self, used: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Torch inference with the permanent CUDA -> CPU fallback."""
@@ -300,7 +295,6 @@ class Segmenter:
             x = {m: torch.from_numpy(t).unsqueeze(0).to(device) for m, t in used.items()}
             if device == 'cpu':  # once here, not in every stem of the teacher and robust model
                 x = {m: t.contiguous(memory_format=torch.channels_last) for m, t in x.items()}
-            out = self.model(x, presence)
-            labels, conf = postprocess(out.logits.float())
-        return (labels[0].to(torch.uint8).cpu().numpy(),
-                conf[0].float().cpu().numpy())
+            logits = self.model(x, presence, upsample=False).logits
+        hw = next(iter(used.values())).shape[1:]
+        return labels_from_logits(logits[0].float().cpu().numpy(), hw)

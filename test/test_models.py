@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from rmseg_ros.inference import Segmenter, postprocess
+from rmseg_ros.inference import Segmenter
 from rmseg_ros.modalities import MODALITIES, all_subsets, input_channels, presence_from_names
 from rmseg_ros.models import checkpoint as ckpt
 from rmseg_ros.models.checkpoint import (
@@ -26,7 +26,7 @@ from rmseg_ros.models.checkpoint import (
     save_checkpoint,
 )
 from rmseg_ros.models.fsm import FSMConfig, FSMStudent, LogitSelector, StageSelector
-from rmseg_ros.models.fusion import FusionConfig, FusionSegNet, masked_softmax
+from rmseg_ros.models.fusion import FusionConfig, FusionSegNet, masked_softmax, upsample
 from rmseg_ros.preprocess import FrontendConfig
 
 H, W, K = 64, 80, 5
@@ -433,10 +433,14 @@ def test_segmenter_cpu_predict(student_checkpoint):
     model, _ = ckpt.load_model(student_checkpoint)
     with torch.no_grad():
         sub = ('rgb', 'lidar', 'event')
-        logits = model({m: torch.from_numpy(x[m])[None] for m in sub}, _presence(sub)).logits
-    ref_labels, ref_conf = postprocess(logits)
-    assert np.mean(labels != ref_labels[0].numpy()) < 1e-3
-    assert np.allclose(conf, ref_conf[0].numpy(), atol=1e-4)
+        low = model({m: torch.from_numpy(x[m])[None] for m in sub}, _presence(sub),
+                    upsample=False).logits
+    # labels: argmax of the bilinearly upsampled logits; confidence: the stride-4 max softmax
+    # probability, upsampled
+    ref_labels = upsample(low, (H, W)).argmax(dim=1)[0].numpy()
+    ref_conf = upsample(torch.softmax(low, dim=1).amax(dim=1, keepdim=True), (H, W))[0, 0]
+    assert np.mean(labels != ref_labels) < 1e-3
+    assert np.allclose(conf, ref_conf.numpy(), atol=1e-4)
     by_name, _ = seg.predict(x, ['lidar', 'rgb', 'event'])
     assert np.array_equal(by_name, labels)
     with pytest.raises(ValueError, match='no tensor'):

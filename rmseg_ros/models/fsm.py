@@ -38,8 +38,8 @@ from rmseg_ros.models.fusion import (
     SegOutput,
     fuse_batchnorm,
     input_hw,
-    upsample,
 )
+from rmseg_ros.models.fusion import upsample as upsample_logits
 
 
 @dataclass
@@ -213,7 +213,8 @@ class FSMStudent(nn.Module):
                    FSMConfig.from_dict(config.get('fsm', {})))
 
     def forward(self, inputs: dict[str, torch.Tensor], presence: Any, missing: str = 'remove',
-                static: bool = False) -> SegOutput:
+                static: bool = False, upsample: bool = True) -> SegOutput:
+        """upsample=False: logits at stride 4, as FusionSegNet.forward."""
         out_hw = input_hw(inputs)
         with torch.no_grad():
             t_feats, _, _ = self.teacher._encode(inputs, presence, missing, static)
@@ -225,7 +226,8 @@ class FSMStudent(nn.Module):
                   'decoded_logits': sel['decoded_logits'],
                   'feature_selection': sel['feature_selection'],
                   'logit_selection': sel['logit_selection']}
-        return SegOutput(upsample(sel['logits'], out_hw), sel['features'], r_mod,
+        logits = sel['logits'] if not upsample else upsample_logits(sel['logits'], out_hw)
+        return SegOutput(logits, sel['features'], r_mod,
                          sel['decoder_features'], r_weights, extras)
 
     def fuse_batchnorm(self) -> FSMStudent:

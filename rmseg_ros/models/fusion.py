@@ -82,7 +82,7 @@ class FusionConfig:
 
 @dataclass
 class SegOutput:
-    logits: torch.Tensor  # (B, K, H, W) at the input resolution
+    logits: torch.Tensor  # (B, K, H, W) at the input resolution (stride 4 with upsample=False)
     features: list[torch.Tensor]  # fused per-stage features, strides 4, 8, 16, 32
     modality_features: list[dict[str, torch.Tensor]]  # per stage {modality: (B, C_s, h, w)}
     decoder_features: torch.Tensor  # (B, decoder_dim, H/4, W/4): input of `classifier`
@@ -390,10 +390,15 @@ class FusionSegNet(nn.Module):
         return upsample(logits, out_hw), dec
 
     def forward(self, inputs: dict[str, torch.Tensor], presence: Any, missing: str = 'remove',
-                static: bool = False) -> SegOutput:
+                static: bool = False, upsample: bool = True) -> SegOutput:
+        """upsample=False keeps the logits at stride 4 (inference: label_maps turns them into
+        labels at the input size far cheaper than upsampling every class plane)."""
         out_hw = input_hw(inputs)
         features, modality_features, weights = self._encode(inputs, presence, missing, static)
-        logits, dec = self.decode(features, out_hw)
+        if upsample:
+            logits, dec = self.decode(features, out_hw)
+        else:
+            logits, dec = self.head(features)
         return SegOutput(logits, features, modality_features, dec, weights)
 
     def model_config(self) -> dict[str, Any]:

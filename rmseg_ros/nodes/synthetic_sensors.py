@@ -134,6 +134,8 @@ class SyntheticSensors(Node):
                     np.zeros((4, 3), np.float32), np.zeros(4, np.float32)), header)
             else:
                 msg = conversions.array_to_pointcloud2(ev, header)
+        if m != 'event':  # stamp at publication, as a driver does: rendering is not latency
+            msg.header.stamp = self._header(header.frame_id, offset).stamp
         self.pubs[m].publish(msg)
 
 
