@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from rmseg_ros.graph import LAUNCH_ARGUMENTS, NodeSpec, build_graph
+from rmseg_ros.runtime import tune_malloc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +157,7 @@ def _run_single(nodes: list[NodeSpec], linger: float) -> int:
     from rclpy.executors import MultiThreadedExecutor
 
     context = rclpy.Context()
+    tune_malloc()  # as each node process does (nodes/runner.py)
     rclpy.init(context=context)
     executor = MultiThreadedExecutor(context=context)
     made = []

@@ -63,7 +63,7 @@ from rmseg_ros.perception import (
     check_stamp,
 )
 from rmseg_ros.preprocess import DROP, FEED, DegradedConfig
-from rmseg_ros.runtime import inference_threads
+from rmseg_ros.runtime import inference_threads, tune_malloc
 from rmseg_ros.sync import SyncedSet
 from rmseg_ros.sync_failover import FailoverSynchronizer
 from rmseg_ros.transforms import TransformTree, transform_from_xyz_rpy
@@ -503,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     build_parser().parse_args(split_argv(argv)[0])  # --help exits here, before ROS starts
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    tune_malloc()  # measured: model-input build 10.5 -> 3.5 ms on the synthetic rig's frames
     context = rclpy.Context()
     rclpy.init(args=argv, context=context)
     node = PerceptionNode(context=context)

@@ -13,6 +13,8 @@ from typing import Any
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
+from rmseg_ros.runtime import tune_malloc
+
 
 def raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
@@ -29,6 +31,7 @@ def spin_node(make: Callable[[Any], Any], argv: Sequence[str],
               on_exit: Callable[[Any], None] | None = None) -> int:
     """rclpy.init on a fresh context, `make(context)`, spin until shutdown, clean up."""
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    tune_malloc()
     context = rclpy.Context()
     rclpy.init(args=list(argv), context=context)
     node = make(context)
