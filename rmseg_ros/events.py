@@ -66,8 +66,8 @@ def _inside(x: np.ndarray, y: np.ndarray, rel: np.ndarray, span: float,
             sensor_hw: tuple[int, int]) -> np.ndarray | None:
     """Positions of the events inside the sensor and the window, or None when all are.
 
-    Min / max reductions first: a driver's batch is almost always entirely valid, and four
-    reductions cost far less than building a mask from six comparisons."""
+    Min / max reductions first: a driver's batch is almost always entirely valid, and six
+    reductions cost far less than building a mask from six comparisons and five ands."""
     sh, sw = sensor_hw
     if (x.min() >= 0 and x.max() < sw and y.min() >= 0 and y.max() < sh
             and rel.min() >= 0 and rel.max() <= span):
