@@ -89,7 +89,10 @@ robult-results: setup  ## Robult vs supervised-only at 10/50% labels + inside RM
 	$(PY) -m training.robult.experiment --config $(ROBULT) --no-report
 	$(PY) -m training.robult.experiment --config $(ROBULT) --rows robult10 sup10 --steps 500 \
 	  --out-root runs/robult_long --no-report
-	$(PY) -m training.robult.report --runs runs/robult --long-runs runs/robult_long --docs docs
+	$(PY) -m training.robult.experiment --config $(ROBULT) --rows robult10 sup10 --steps 2000 \
+	  --out-root runs/robult_2000 --no-report
+	$(PY) -m training.robult.report --runs runs/robult --long-runs runs/robult_long \
+	  runs/robult_2000 --docs docs
 
 robotseg-results: setup  ## RobotSeg: held-out robot videos, 5 variants + flow baseline, J&F (resumes) -> docs/results
 	OMP_NUM_THREADS=1 $(PY) -m training.robotseg.experiment --jobs 5

@@ -518,6 +518,9 @@ def test_report_writes_the_robult_section(tmp_path):
                                 ('robult50', 0.41))}
     long_means = {row: _fake_eval(long / row, level, 800, rng)
                   for row, level in (('sup10', 0.35), ('robult10', 0.34))}
+    longer = tmp_path / 'longer'
+    longer_means = {row: _fake_eval(longer / row, level, 2000, rng)
+                    for row, level in (('sup10', 0.40), ('robult10', 0.43))}
     figures = collect(runs)
     for key in ('sup10_subset_mean', 'robult10_subset_mean', 'sup50_subset_mean',
                 'robult50_subset_mean'):
@@ -526,7 +529,8 @@ def test_report_writes_the_robult_section(tmp_path):
     assert figures['robult10_gain'] == pytest.approx(gain, abs=0.011)
     assert figures['target_met_10'] == (figures['robult10_gain'] >= 2.0)
     docs = tmp_path / 'docs'
-    assert main(['--runs', str(runs), '--long-runs', str(long), '--docs', str(docs)]) == 0
+    assert main(['--runs', str(runs), '--long-runs', str(long), str(longer),
+                 '--docs', str(docs)]) == 0
     data = json.loads((docs / 'results.json').read_text())
     assert set(data) == {'robult'}
     got = data['robult']
@@ -534,6 +538,12 @@ def test_report_writes_the_robult_section(tmp_path):
                                                              abs=0.01)
     assert got['long_robult10_train_steps'] == 800 and got['robult10_train_steps'] == 250
     assert got['long_target_met_10'] is False
+    assert got['long2_robult10_subset_mean'] == pytest.approx(100 * longer_means['robult10'],
+                                                              abs=0.01)
+    assert got['long2_robult10_train_steps'] == 2000
+    assert got['long2_target_met_10'] is (got['long2_robult10_gain'] >= 2.0)
     md = (docs / 'results.md').read_text()
     assert '<!-- robult:begin -->' in md and '| RDLE |' in md and 'Longer budget: 800' in md
+    assert 'Longer budget: 2000' in md and '`long2_`' in md
+    assert f'{got["long2_robult10_gain"]:+.2f} at 2000 steps' in md
     assert f'{figures["robult10_subset_mean"]:.2f}' in md

@@ -30,7 +30,20 @@ KINDS = {  # row prefix -> (description, base objective, Robult losses)
 }
 ROW_RE = re.compile(r'^(sup|robult|teacher|rmmss_robult|rmmss)(\d+)$')
 ORDER = ['sup', 'robult', 'teacher', 'rmmss', 'rmmss_robult']
-LONG = 'long_'  # key prefix of the rows of a second, longer-budget experiment
+LONG = 'long_'  # key prefix of the rows of a longer-budget experiment
+
+
+def long_prefix(i: int) -> str:
+    """Key prefix of the i-th longer-budget experiment: long_, long2_, long3_, ..."""
+    return LONG if i == 0 else f'long{i + 1}_'
+
+
+def _long_prefixes(figures: dict[str, Any]) -> list[str]:
+    out, i = [], 0
+    while _names(figures, long_prefix(i)):
+        out.append(long_prefix(i))
+        i += 1
+    return out
 METHOD = (
     'Method (training/robult): region latents = a 1x1-conv head over 6x8 average-pooled cells '
     'of the stride-16 encoder stage, per modality and for the fused map (cells, not pixels or '
@@ -145,11 +158,11 @@ def observations(figures: dict[str, Any]) -> str:
                        ': at this budget more labels barely help, so training is limited by '
                        'steps rather than by labels, and unlabelled frames have little to add.'
                        if abs(gap) < 1.0 else '.'))
-    short, long = figures.get('robult10_gain'), figures.get(f'{LONG}robult10_gain')
-    if short is not None and long is not None:
-        out.append(f'Robult minus supervised-only at 10% labels: {short:+.2f} at '
-                   f'{figures.get("robult10_train_steps")} steps, {long:+.2f} at '
-                   f'{figures.get(f"{LONG}robult10_train_steps")} steps.')
+    gains = [(figures.get(f'{p}robult10_train_steps'), figures[f'{p}robult10_gain'])
+             for p in ['', *_long_prefixes(figures)] if f'{p}robult10_gain' in figures]
+    if len(gains) > 1:
+        out.append('Robult minus supervised-only at 10% labels: ' + ', '.join(
+            f'{gain:+.2f} at {steps} steps' for steps, gain in gains) + '.')
     return ' '.join(out)
 
 
@@ -174,13 +187,13 @@ def markdown(figures: dict[str, Any]) -> str:
     notes = observations(figures)
     if notes:
         lines += ['', notes]
-    if _names(figures, LONG):
-        steps = {figures.get(f'{LONG}{r}_train_steps') for r in _names(figures, LONG)}
+    for prefix in _long_prefixes(figures):
+        steps = {figures.get(f'{prefix}{r}_train_steps') for r in _names(figures, prefix)}
         lines += ['', f'### Longer budget: {", ".join(str(s) for s in sorted(steps))} steps', '',
                   'The same rows and settings with more steps (`python -m '
-                  'training.robult.experiment --rows robult10 sup10 --steps N --out-root '
-                  'runs/robult_long`); figures under `long_` in results.json.', '',
-                  *tables(figures, LONG)]
+                  'training.robult.experiment --rows robult10 sup10 --steps N --out-root DIR`); '
+                  f'figures under `{prefix}` in results.json.', '',
+                  *tables(figures, prefix)]
     lines += ['', METHOD]
     return '\n'.join(lines)
 
@@ -189,12 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--runs', default='runs/robult', help='experiment output root')
-    parser.add_argument('--long-runs', help='a longer-budget experiment (figures long_*)')
+    parser.add_argument('--long-runs', nargs='+', default=[],
+                        help='longer-budget experiments (figures long_*, long2_*, ...)')
     parser.add_argument('--docs', default='docs', help='where results.{md,json} live')
     args = parser.parse_args(argv)
     figures = collect(Path(args.runs))
-    if args.long_runs:
-        figures.update(collect(Path(args.long_runs), LONG))
+    for i, long_runs in enumerate(args.long_runs):
+        figures.update(collect(Path(long_runs), long_prefix(i)))
     if not any(k.endswith('_subset_mean') for k in figures):
         print(f'no evaluated rows under {args.runs} (run python -m training.robult.experiment)',
               file=sys.stderr)
