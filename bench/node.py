@@ -9,8 +9,9 @@ prints (DESIGN.md section 7):
   forward_ms          the node's median model forward time (from its diagnostics)
   overhead_p50_ms     latency_p50 - forward: sync wait, decoding, pre/post-processing, transport
   transport_loss_pct  sensor messages published here but never received by the node
-  node_*_p50_ms       the node's own breakdown: wait for the worker, preprocess (decode + model
-                      input), postprocess, publish; node_latency_p50_ms = set complete -> published
+  node_*_p50_ms       the node's own breakdown: receive (stamp -> set complete in the node),
+                      wait for the worker, preprocess (decode + model input), postprocess,
+                      publish; node_latency_p50_ms = set complete -> published
 
 `--low-latency` (default) sets sync.wait_for_closer:=false and sync.slop:=0.1, so a frame never
 waits for a later LiDAR scan; `--exact` keeps the default matching (adds up to one LiDAR period).
@@ -44,6 +45,9 @@ def main() -> int:
     ap.add_argument('--exact', action='store_true', help='exact (waiting) sync matching')
     ap.add_argument('--width', type=int, default=640)
     ap.add_argument('--height', type=int, default=480)
+    ap.add_argument('--transports', default='LARGE_DATA',
+                    help='FASTDDS_BUILTIN_TRANSPORTS for both processes (DEFAULT, SHM, '
+                         'LARGE_DATA, ...)')
     ap.add_argument('--cache-frames', type=int, default=30,
                     help='frames the rig renders once and replays (0: render every frame)')
     ap.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
@@ -51,7 +55,7 @@ def main() -> int:
     opts = ap.parse_args()
     os.environ.setdefault('ROS_DOMAIN_ID', '91')
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    os.environ['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
+    os.environ['FASTDDS_BUILTIN_TRANSPORTS'] = opts.transports
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(REPO), os.environ.get('PYTHONPATH', '')) if p))
     params = ['-p', f'checkpoint:={opts.checkpoint}', '-p', 'diagnostics_period_s:=0.5',
@@ -143,9 +147,9 @@ def main() -> int:
     print(f'forward_ms: {forward:.2f} ms')
     print(f'overhead_p50_ms: {np.percentile(lat, 50) - forward:.2f} ms')
     print(f'transport_loss_pct: {100.0 * lost / max(sent, 1):.3f} %')
-    # where the overhead goes (node's own medians): the rest of latency_p50 is transport in and
-    # out, and the time from the pivot's stamp to its set completing in the synchroniser
-    for stage in ('wait', 'preprocess', 'postprocess', 'publish'):
+    # where the overhead goes (node's own medians); latency_p50 - receive - node_latency is the
+    # way back: publishing the labels to this process and its executor picking them up
+    for stage in ('receive', 'wait', 'preprocess', 'postprocess', 'publish'):
         value = pipeline.get(f'{stage}_p50_ms', '')
         if value:
             print(f'node_{stage}_p50_ms: {float(value):.2f} ms')

@@ -36,9 +36,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-#: Stages of one output's latency, in order: waiting for the worker, decoding and building the
-#: model input, the model, labels -> outputs, serialising and publishing.
-STAGES = ('wait', 'preprocess', 'forward', 'postprocess', 'publish')
+#: Stages of one output's latency, in order: the pivot's stamp -> its set complete in the node
+#: (driver, transport, synchroniser; by the node's clock), waiting for the worker, decoding and
+#: building the model input, the model, labels -> outputs, serialising and publishing.
+STAGES = ('receive', 'wait', 'preprocess', 'forward', 'postprocess', 'publish')
 
 
 class PerceptionStats:

@@ -106,7 +106,8 @@ class PerceptionNode(LifecycleNode):
         self._robot_mask: tuple[int, np.ndarray] | None = None
         self._tf = TransformTree()
         self._lidar_frame_seen = ''
-        self._arrival: dict[int, float] = {}  # pivot stamp -> monotonic arrival (latency)
+        # pivot stamp -> (monotonic time the set completed, its age then in ms by the node clock)
+        self._arrival: dict[int, tuple[float, float]] = {}
         self._sync_lock = threading.Lock()
 
     # ------------------------------------------------------------------ parameters
@@ -351,7 +352,8 @@ class PerceptionNode(LifecycleNode):
         synced = sets[-1]  # latest only: older completed sets would be skipped anyway
         if self.worker is not None:
             self.worker.skipped += len(sets) - 1
-            self._arrival[synced.stamp_ns] = now
+            age_ms = (self.get_clock().now().nanoseconds - synced.stamp_ns) / 1e6
+            self._arrival[synced.stamp_ns] = (now, age_ms)
             if len(self._arrival) > 64:
                 self._arrival.pop(next(iter(self._arrival)))
             self.worker.submit(synced)
@@ -404,8 +406,9 @@ class PerceptionNode(LifecycleNode):
         stages['publish'] = (now - t_publish) * 1e3
         latency = float('nan')
         if arrival is not None:
-            latency = (now - arrival) * 1e3
-            stages['wait'] = (started - arrival) * 1e3
+            completed, stages['receive'] = arrival
+            latency = (now - completed) * 1e3
+            stages['wait'] = (started - completed) * 1e3
         self.stats.output(now, latency, stages, result.used, tuple(sorted(result.missing)),
                           result.degraded)
 
