@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--malform-every', type=int, default=1, help='every N-th message')
     ap.add_argument('--reliability', choices=['reliable', 'best_effort'], default='reliable')
     ap.add_argument('--cache-frames', type=int, default=0, metavar='N',
-                    help='render N camera, depth and LiDAR frames at start and replay them '
-                         '(fresh stamps): a driver-like publisher for benchmarks, whose '
+                    help='render the first N camera, depth and LiDAR frames, then replay '
+                         'them with fresh stamps: a driver-like publisher for benchmarks, whose '
                          'rendering would otherwise take a third of a core from the node '
                          'under test; 0 = render every frame')
     return ap
