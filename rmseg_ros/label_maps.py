@@ -22,25 +22,17 @@ import cv2
 import numpy as np
 
 
-@functools.lru_cache(maxsize=16)
-def _taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear taps along one axis as torch computes them for align_corners=False:
-    lower source index, upper source index (clamped), weight of the upper one."""
+def _lower_index(src: int, dst: int) -> np.ndarray:
+    """Lower source index of each destination pixel's bilinear taps, as torch computes them
+    for align_corners=False (the upper one is this + 1, clamped to the last index)."""
     pos = np.maximum((np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5, 0.0)
-    lo = np.minimum(pos.astype(np.int64), src - 1)
-    hi = np.minimum(lo + 1, src - 1)
-    weight = (pos - lo).astype(np.float32)
-    for a in (lo, hi, weight):
-        a.flags.writeable = False
-    return lo, hi, weight
+    return np.minimum(pos.astype(np.int64), src - 1)
 
 
 @functools.lru_cache(maxsize=8)
 def _cell_of(h: int, w: int, out_h: int, out_w: int) -> np.ndarray:
     """Flat index of each output pixel's upper-left source cell, (out_h * out_w,) int64."""
-    y0, _, _ = _taps(h, out_h)
-    x0, _, _ = _taps(w, out_w)
-    cells = (y0[:, None] * w + x0[None, :]).reshape(-1)
+    cells = (_lower_index(h, out_h)[:, None] * w + _lower_index(w, out_w)[None, :]).reshape(-1)
     cells.flags.writeable = False
     return cells
 
