@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.robotseg.clips import ClipDataset, Video, load_videos, read_video
+from training.robotseg.clips import ClipDataset, Video, load_videos, log_uniform, read_video
 from training.robotseg.config import AugmentConfig, DataConfig, FlowConfig, load_config
 from training.robotseg.flow import propagate_mask
 from training.robotseg.losses import (
@@ -83,6 +83,15 @@ def test_supervised_mode_labels_every_frame() -> None:
     assert len(ds.labelled_frames()) == 10
     s = ds[1]
     assert s['labelled'].all() and float(s['masks'].sum()) > 0
+
+
+def test_gain_is_log_uniform_so_dim_windows_are_common() -> None:
+    # P(gain < 0.5) is ln(2.5) / ln(6.5) = 0.49 for log-uniform on [0.2, 1.3], 0.27 for uniform
+    rng = np.random.default_rng(0)
+    gains = np.array([log_uniform(rng, 0.2, 1.3) for _ in range(4000)])
+    assert gains.min() >= 0.2 and gains.max() <= 1.3
+    assert abs(float(np.mean(gains < 0.5)) - np.log(2.5) / np.log(6.5)) < 0.03
+    assert log_uniform(rng, 0.7, 0.7) == pytest.approx(0.7)
 
 
 def test_read_video_from_a_bag_and_cache(tmp_path: Path) -> None:

@@ -109,6 +109,12 @@ def photometric(frames: np.ndarray, gain: float, gamma: float,
     return np.stack([cv2.LUT(np.ascontiguousarray(f[..., list(order)]), lut) for f in frames])
 
 
+def log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """A factor drawn log-uniformly from [lo, hi]: halving the light is as likely as doubling
+    it, so a wide gain range reaches dim scenes as often as bright ones."""
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
 class ClipDataset(Dataset):
     """Training windows. Keys: images (T,3,H,W), edges (T,1,H,W), masks (T,H,W) float32
     (zeros where unlabelled), labelled (T,) bool, index."""
@@ -168,7 +174,7 @@ class ClipDataset(Dataset):
             order = tuple(int(i) for i in rng.permutation(3)) \
                 if rng.random() < aug.channel_shuffle else (0, 1, 2)
             tint = tuple(float(v) for v in rng.uniform(*aug.tint, size=3))
-            frames = photometric(frames, float(rng.uniform(*aug.gain)),
+            frames = photometric(frames, log_uniform(rng, *aug.gain),
                                  float(rng.uniform(*aug.gamma)), tint, order)
         prepared = [prepare_frame(f, None, self.sigma) for f in frames]
         return {

@@ -21,7 +21,9 @@ LABEL_MODES = ('first_frame', 'all')
 @dataclass
 class AugmentConfig:
     flip: bool = True  # horizontal flip of the whole window
-    gain: tuple[float, float] = (0.7, 1.3)  # brightness factor range, one per window
+    # brightness factor range, one per window, drawn log-uniformly; reaching 0.2 makes a lit
+    # training scene as dim as the darkest light a robot works in (the held-out videos are)
+    gain: tuple[float, float] = (0.2, 1.3)
     gamma: tuple[float, float] = (0.8, 1.25)
     tint: tuple[float, float] = (0.8, 1.2)  # per-channel gain range (colour cast)
     channel_shuffle: float = 0.5  # probability of permuting R, G, B (robots come in colours)
