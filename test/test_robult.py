@@ -30,6 +30,7 @@ from training.robult.data import (
     downscale_sample,
     frame_keys,
     select_labelled,
+    select_labelled_recordings,
 )
 from training.robult.latents import Reconstructor, RobultModel, cell_classes, frozen_bn_stats
 from training.robult.losses import (
@@ -299,6 +300,31 @@ def test_labelled_selection_is_seeded_sized_nested_and_respects_recorded_labels(
         select_labelled(keys, eligible, 1.5)
 
 
+def test_recording_selection_labels_whole_recordings_seeded_and_nested():
+    shards = [f's{i // 30}' for i in range(300)]  # 10 recordings of 30 frames
+    eligible = np.ones(300, bool)
+    eligible[::7] = False
+    eligible[270:] = False  # s9 labelled nothing: it cannot be chosen
+    sel20 = select_labelled_recordings(shards, eligible, 0.2, seed=0)
+    sel50 = select_labelled_recordings(shards, eligible, 0.5, seed=0)
+    chosen = sorted({shards[i] for i in np.flatnonzero(sel20)})
+    assert len(chosen) == round(0.2 * 9)
+    for name in chosen:  # a chosen recording keeps every label it has, nothing else
+        idx = [i for i, s in enumerate(shards) if s == name]
+        assert np.array_equal(sel20[idx], eligible[idx])
+    assert not (sel20 & ~eligible).any()
+    assert not (sel20 & ~sel50).any()
+    assert len({shards[i] for i in np.flatnonzero(sel50)}) == round(0.5 * 9)
+    assert np.array_equal(sel20, select_labelled_recordings(shards, eligible, 0.2, seed=0))
+    others = [sorted({shards[i] for i in np.flatnonzero(
+        select_labelled_recordings(shards, eligible, 0.2, seed=s))}) for s in range(1, 6)]
+    assert any(o != chosen for o in others)
+    assert select_labelled_recordings(shards, eligible, 1e-6, seed=0).sum() > 0
+    assert select_labelled_recordings(shards, eligible, 0.0, seed=0).sum() == 0
+    with pytest.raises(ValueError):
+        select_labelled_recordings(shards, eligible, -0.1, seed=0)
+
+
 def test_unlabelled_frames_never_reach_the_supervised_loss():
     torch.manual_seed(6)
     lc = LossConfig(ohem_thresh=0.7, ohem_min_kept_fraction=1.0)
@@ -412,6 +438,14 @@ def test_semi_supervised_set_masks_labels_and_keeps_labelled_batches(robult_conf
     again = [int(s['index']) for s in semi[0][1:]]
     semi.set_epoch(1)
     assert again == [int(s['index']) for s in semi[0][1:]]
+    # whole recordings: every labelled frame comes from the chosen recordings, in full
+    rec = SemiSupervisedSet(base, 0.5, seed=0, unlabelled_per_labelled=1, unit='recording')
+    names = [base.shards[si].path.name for si, _ in base.index]
+    chosen = {names[i] for i in rec.labelled_idx}
+    assert rec.labelled_recordings == len(chosen) == round(0.5 * len(set(names)))
+    assert all((names[i] in chosen) == bool(rec.selected[i]) for i in range(len(names)))
+    with pytest.raises(ValueError, match='label unit'):
+        SemiSupervisedSet(base, 0.5, seed=0, unit='scene')
     # downscaling: RGB averaged, labels and sensor tensors taken every k-th pixel
     full = base[0]
     small = downscale_sample(full, 2)
@@ -485,6 +519,11 @@ def test_experiment_rows_share_the_budget_and_order_dependencies():
         cmd = command(r, None, exp)
         assert cmd[cmd.index('--steps') + 1] == str(exp.steps)
         assert '--evaluate' in cmd
+        assert cmd[cmd.index('--label-unit') + 1] == exp.label_unit == 'frame'
+    exp.label_unit = 'recording'  # --label-unit: every row counts recordings
+    assert all(command(r, None, exp)[command(r, None, exp).index('--label-unit') + 1]
+               == 'recording' for r in rows)
+    exp.label_unit = 'frame'
     by = {r.name: r for r in rows}
     assert '--no-robult' in by['sup10'].args and '--no-robult' not in by['robult10'].args
     assert by['rmmss_robult10'].after == [teacher]
@@ -495,7 +534,8 @@ def test_experiment_rows_share_the_budget_and_order_dependencies():
     assert 'dropout.probability=0' in teacher_row.args
 
 
-def _fake_eval(run: Path, level: float, steps: int, rng: np.random.Generator) -> float:
+def _fake_eval(run: Path, level: float, steps: int, rng: np.random.Generator,
+               **labels) -> float:
     from training.evaluate import SUBSETS
 
     subsets = {s: round(float(level + rng.uniform(-0.05, 0.05)), 6) for s in SUBSETS}
@@ -504,7 +544,7 @@ def _fake_eval(run: Path, level: float, steps: int, rng: np.random.Generator) ->
     (run / 'eval.json').write_text(json.dumps({
         'subsets': subsets, 'mean_miou': mean, 'samples': 60, 'steps': steps,
         'label_fraction': int(run.name[-2:]) / 100, 'labelled_frames': 96,
-        'input_hw': [120, 160], 'config': {'run': {'batch_size': 4}}}))
+        'input_hw': [120, 160], 'config': {'run': {'batch_size': 4}}, **labels}))
     return mean
 
 
@@ -521,6 +561,10 @@ def test_report_writes_the_robult_section(tmp_path):
     longer = tmp_path / 'longer'
     longer_means = {row: _fake_eval(longer / row, level, 2000, rng)
                     for row, level in (('sup10', 0.40), ('robult10', 0.43))}
+    rec = tmp_path / 'rec'
+    rec_means = {row: _fake_eval(rec / row, level, 250, rng, label_unit='recording',
+                                 labelled_recordings=3)
+                 for row, level in (('sup10', 0.25), ('robult10', 0.20))}
     figures = collect(runs)
     for key in ('sup10_subset_mean', 'robult10_subset_mean', 'sup50_subset_mean',
                 'robult50_subset_mean'):
@@ -530,7 +574,7 @@ def test_report_writes_the_robult_section(tmp_path):
     assert figures['target_met_10'] == (figures['robult10_gain'] >= 2.0)
     docs = tmp_path / 'docs'
     assert main(['--runs', str(runs), '--long-runs', str(long), str(longer),
-                 '--docs', str(docs)]) == 0
+                 '--recording-runs', str(rec), '--docs', str(docs)]) == 0
     data = json.loads((docs / 'results.json').read_text())
     assert set(data) == {'robult'}
     got = data['robult']
@@ -547,3 +591,10 @@ def test_report_writes_the_robult_section(tmp_path):
     assert 'Longer budget: 2000' in md and '`long2_`' in md
     assert f'{got["long2_robult10_gain"]:+.2f} at 2000 steps' in md
     assert f'{figures["robult10_subset_mean"]:.2f}' in md
+    # whole recordings labelled: own prefix, own section, the label unit in the table
+    assert got['rec_robult10_gain'] == pytest.approx(
+        100 * (rec_means['robult10'] - rec_means['sup10']), abs=0.011)
+    assert got['rec_sup10_label_unit'] == 'recording' and got['sup10_label_unit'] == 'frame'
+    assert got['rec_target_met_10'] is False
+    assert 'Whole recordings labelled: 250 steps' in md
+    assert '10% of recordings (3 recordings, 96 frames)' in md

@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--label-fraction', type=float,
                         help='fraction of the labelled frames that keep their labels')
     parser.add_argument('--label-seed', type=int, help='seed of the labelled-frame selection')
+    parser.add_argument('--label-unit', choices=('frame', 'recording'),
+                        help='label a fraction of the frames (spread over every recording) or '
+                             'of the recordings (each in full)')
     parser.add_argument('--unlabelled-per-labelled', type=int,
                         help='unlabelled frames drawn with each labelled frame (0: none)')
     parser.add_argument('--no-robult', action='store_true',
@@ -42,6 +45,7 @@ def overrides_from(opts: argparse.Namespace) -> dict[str, Any]:
         o = deep_merge(o, parse_override(item))
     data = {k: v for k, v in (('label_fraction', opts.label_fraction),
                               ('label_seed', opts.label_seed),
+                              ('label_unit', opts.label_unit),
                               ('unlabelled_per_labelled', opts.unlabelled_per_labelled))
             if v is not None}
     if data:

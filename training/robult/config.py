@@ -36,6 +36,9 @@ class DataConfig:
     # every other frame is unlabelled (its labels are never read by a supervised loss)
     label_fraction: float = 0.1
     label_seed: int = 0
+    # 'frame': the fraction of the frames, spread over every recording; 'recording': that
+    # fraction of the recordings, each labelled in full (a few bags labelled, the rest not)
+    label_unit: str = 'frame'
     unlabelled_per_labelled: int = 1  # unlabelled frames drawn with each labelled one (0: none)
     downscale: int = 1  # integer factor applied on load (2: 240x320 shards -> 120x160)
     max_val_samples: int = 30
@@ -70,6 +73,7 @@ class ExperimentConfig:
     batch_size: int = 4  # labelled frames per step (Robult and RMMSS rows: + as many unlabelled)
     downscale: int = 2
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.5])
+    label_unit: str = 'frame'  # what a fraction counts in every row: 'frame' or 'recording'
     rmmss_fraction: float = 0.1  # label fraction of the RMMSS rows (teacher, robust +- Robult)
     # teacher of the RMMSS rows: 'teacher' trains an all-modality teacher row; 'sup' reuses the
     # supervised-only row of that fraction (trained with dropout): one row less to train

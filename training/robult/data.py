@@ -8,6 +8,12 @@ sample leaves the dataset, so no loss can read them. The selection depends only 
 the frames' identities (not on the order shards are listed), and a smaller fraction selects a
 subset of a larger one's frames.
 
+Label unit: 'frame' (above) spreads the labels over every recording, so each unlabelled frame has
+labelled neighbours a few frames away. 'recording' labels whole recordings instead (keys
+hash(seed, shard)): the round(fraction * recordings) recordings with the smallest keys keep all
+their labels, the others none. That is how a robot team labels: a few bags fully, the hours of
+others not at all, so the unlabelled frames show places the labelled ones never do.
+
 Batches: item i is labelled frame i followed by `unlabelled_per_labelled` unlabelled frames drawn
 by (seed, epoch, i); `collate_groups` flattens the groups into one batch. With 0 unlabelled
 partners (supervised-only) the labelled frames and their order per step are exactly those of a
@@ -54,6 +60,27 @@ def select_labelled(keys: np.ndarray, eligible: np.ndarray, fraction: float) -> 
     return out
 
 
+LABEL_UNITS = ('frame', 'recording')
+
+
+def select_labelled_recordings(shard_names: Sequence[str], eligible: np.ndarray,
+                               fraction: float, seed: int) -> np.ndarray:
+    """bool mask: the eligible frames of the round(fraction * recordings) recordings (those
+    with an eligible frame) with the smallest keys hash(seed, shard); at least one recording
+    when fraction > 0."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f'label fraction must be in [0, 1], got {fraction}')
+    names = np.asarray(shard_names)
+    eligible = np.asarray(eligible, dtype=bool)
+    recordings = sorted(set(names[eligible].tolist()))
+    keys = frame_keys(recordings, [-1] * len(recordings), seed)  # -1: the recording itself
+    k = round(fraction * len(recordings))
+    if fraction > 0 and recordings:
+        k = max(1, k)
+    chosen = {recordings[i] for i in np.argsort(keys, kind='stable')[:k]}
+    return eligible & np.isin(names, list(chosen))
+
+
 def downscale_sample(sample: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
     """Every image-like tensor of a sample reduced by k: RGB by area averaging, the sensor
     tensors and labels by taking every k-th pixel (nearest: validity masks, depth edges and
@@ -87,7 +114,9 @@ class SemiSupervisedSet(Dataset):
     ShardDataset (built with labelled_only=False), at 1/`downscale` of the cached size."""
 
     def __init__(self, base, fraction: float, seed: int, unlabelled_per_labelled: int = 1,
-                 downscale: int = 1) -> None:
+                 downscale: int = 1, unit: str = 'frame') -> None:
+        if unit not in LABEL_UNITS:
+            raise ValueError(f'label unit must be one of {LABEL_UNITS}, got {unit!r}')
         self.base = base
         self.seed = int(seed)
         self.partners = int(unlabelled_per_labelled)
@@ -97,8 +126,12 @@ class SemiSupervisedSet(Dataset):
         frames = [i for _, i in base.index]
         recorded = np.array([bool(base.shards[si].arrays['labelled'][i]) for si, i in base.index],
                             dtype=bool)
-        self.selected = select_labelled(frame_keys(shards, frames, self.seed), recorded,
-                                        fraction)
+        if unit == 'recording':
+            self.selected = select_labelled_recordings(shards, recorded, fraction, self.seed)
+        else:
+            self.selected = select_labelled(frame_keys(shards, frames, self.seed), recorded,
+                                            fraction)
+        self.labelled_recordings = len({shards[i] for i in np.flatnonzero(self.selected)})
         self.labelled_idx = np.flatnonzero(self.selected)
         self.unlabelled_idx = np.flatnonzero(~self.selected)
         if len(self.labelled_idx) == 0:

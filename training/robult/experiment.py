@@ -82,7 +82,7 @@ def command(row: Row, config: str | None, exp: ExperimentConfig) -> list[str]:
            str(Path(exp.out_root) / row.name)]
     if config:
         cmd += ['--config', config]
-    return [*cmd, '--steps', str(exp.steps), '--evaluate',
+    return [*cmd, '--steps', str(exp.steps), '--evaluate', '--label-unit', exp.label_unit,
             '--set', f'run.batch_size={exp.batch_size}',
             '--set', f'data.downscale={exp.downscale}',
             '--set', f'evaluate.max_samples={exp.eval_samples}',
@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--steps', type=int, help='steps of every row')
     parser.add_argument('--out-root', help='run directories (default: experiment.out_root)')
     parser.add_argument('--rows', nargs='+', help='only these rows')
+    parser.add_argument('--label-unit', choices=('frame', 'recording'),
+                        help='what a label fraction counts (default: experiment.label_unit)')
     parser.add_argument('--parallel', type=int, help='rows trained at once')
     parser.add_argument('--docs', default='docs', help='where results.{md,json} live')
     parser.add_argument('--no-report', action='store_true', help='train and evaluate only')
@@ -194,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         exp.out_root = args.out_root
     if args.rows:
         exp.rows = args.rows
+    if args.label_unit:
+        exp.label_unit = args.label_unit
     if args.parallel:
         exp.parallel = args.parallel
     rows = plan(exp)

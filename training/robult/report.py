@@ -33,6 +33,9 @@ ORDER = ['sup', 'robult', 'teacher', 'rmmss', 'rmmss_robult']
 LONG = 'long_'  # key prefix of the rows of a longer-budget experiment
 
 
+REC = 'rec_'  # key prefix of the rows trained with whole recordings labelled (label_unit)
+
+
 def long_prefix(i: int) -> str:
     """Key prefix of the i-th longer-budget experiment: long_, long2_, long3_, ..."""
     return LONG if i == 0 else f'long{i + 1}_'
@@ -88,6 +91,9 @@ def collect(runs: Path, prefix: str = '') -> dict[str, Any]:
         figures[f'{key}_train_steps'] = ev.get('steps')
         figures[f'{key}_label_fraction'] = ev.get('label_fraction')
         figures[f'{key}_labelled_frames'] = ev.get('labelled_frames')
+        figures[f'{key}_label_unit'] = ev.get('label_unit', 'frame')
+        if ev.get('label_unit') == 'recording':
+            figures[f'{key}_labelled_recordings'] = ev.get('labelled_recordings')
         if ev.get('teacher'):
             figures[f'{key}_teacher'] = Path(ev['teacher']).parent.name
         figures['test_samples'] = ev['samples']
@@ -132,7 +138,10 @@ def tables(figures: dict[str, Any], prefix: str = '') -> list[str]:
         if f.get(f'{r}_teacher'):
             base += f' (teacher: {f[f"{r}_teacher"]})'
         frac, n = f.get(f'{r}_label_fraction'), f.get(f'{r}_labelled_frames')
-        labels = '?' if frac is None else f'{100 * frac:.0f}%' + (f' ({n} frames)' if n else '')
+        recs = f.get(f'{r}_labelled_recordings')
+        labels = '?' if frac is None else f'{100 * frac:.0f}%' + (
+            f' of recordings ({recs} recordings, {n} frames)' if recs
+            else f' ({n} frames)' if n else '')
         lines.append(f'| {r}: {desc} | {labels} | {base} | {rob} | '
                      f'{f.get(f"{r}_train_steps", "?")} | {_fmt(f[f"{r}_full_miou"])} | '
                      f'{_fmt(f[f"{r}_subset_mean"])} | {_fmt(f.get(f"{r}_gain"))} |')
@@ -194,6 +203,17 @@ def markdown(figures: dict[str, Any]) -> str:
                   'training.robult.experiment --rows robult10 sup10 --steps N --out-root DIR`); '
                   f'figures under `{prefix}` in results.json.', '',
                   *tables(figures, prefix)]
+    if _names(figures, REC):
+        steps = {figures.get(f'{REC}{r}_train_steps') for r in _names(figures, REC)}
+        lines += ['', f'### Whole recordings labelled: {", ".join(str(s) for s in sorted(steps))}'
+                  ' steps', '',
+                  'The labelled fraction is one of the recordings (`data.label_unit: recording`, '
+                  'each chosen recording labelled in full, the others not at all) instead of one '
+                  'of the frames spread over every recording. The unlabelled frames then show '
+                  'scenes no labelled frame shows, as when a team labels a few bags of many. '
+                  '`python -m training.robult.experiment --rows robult10 sup10 --label-unit '
+                  f'recording --out-root DIR`; figures under `{REC}` in results.json.', '',
+                  *tables(figures, REC)]
     lines += ['', METHOD]
     return '\n'.join(lines)
 
@@ -204,11 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--runs', default='runs/robult', help='experiment output root')
     parser.add_argument('--long-runs', nargs='+', default=[],
                         help='longer-budget experiments (figures long_*, long2_*, ...)')
+    parser.add_argument('--recording-runs', default=None,
+                        help='an experiment with whole recordings labelled (figures rec_*)')
     parser.add_argument('--docs', default='docs', help='where results.{md,json} live')
     args = parser.parse_args(argv)
     figures = collect(Path(args.runs))
     for i, long_runs in enumerate(args.long_runs):
         figures.update(collect(Path(long_runs), long_prefix(i)))
+    if args.recording_runs:
+        figures.update(collect(Path(args.recording_runs), REC))
     if not any(k.endswith('_subset_mean') for k in figures):
         print(f'no evaluated rows under {args.runs} (run python -m training.robult.experiment)',
               file=sys.stderr)

@@ -64,7 +64,7 @@ def train_set(cfg: RobultConfig, cached_frontend) -> SemiSupervisedSet:
     base = make_dataset(data.train_shards, cached_frontend, augment=data.augment,
                         labelled_only=False, seed=cfg.run.seed)
     return SemiSupervisedSet(base, data.label_fraction, data.label_seed,
-                             data.unlabelled_per_labelled, data.downscale)
+                             data.unlabelled_per_labelled, data.downscale, data.label_unit)
 
 
 def eval_set(patterns: list[str], cached_frontend, downscale: int, max_samples: int
@@ -114,8 +114,9 @@ def robult_stage(cfg: RobultConfig, resolved: dict, out: Path, ctx: DistContext
             teacher = None
     model = RobultModel(net, cfg.robult) if cfg.robult.enabled else net
     data = train_set(cfg, cached)
-    log.info('labelled frames %d of %d (fraction %.3f, seed %d), %d unlabelled per step item',
-             len(data.labelled_idx), len(data.selected), cfg.data.label_fraction,
+    log.info('labelled frames %d of %d in %d recordings (fraction %.3f of the %ss, seed %d), '
+             '%d unlabelled per step item', len(data.labelled_idx), len(data.selected),
+             data.labelled_recordings, cfg.data.label_fraction, cfg.data.label_unit,
              cfg.data.label_seed, cfg.data.unlabelled_per_labelled)
     val_fn = None
     if cfg.data.val_shards:
@@ -127,25 +128,28 @@ def robult_stage(cfg: RobultConfig, resolved: dict, out: Path, ctx: DistContext
 
     meta = _metadata(cfg, resolved, frontend, classes, 'fusion', fcfg.to_dict(), 'robult')
     meta.update(label_fraction=cfg.data.label_fraction, label_seed=cfg.data.label_seed,
-                labelled_frames=len(data.labelled_idx), robult=cfg.robult.enabled,
+                label_unit=cfg.data.label_unit, labelled_frames=len(data.labelled_idx),
+                labelled_recordings=data.labelled_recordings, robult=cfg.robult.enabled,
                 teacher=cfg.rmmss.teacher_checkpoint)
     loss_fn = robust_loss(cfg.loss, cfg.dropout, teacher, k, cfg.robult)
     trainer = Trainer(model, loss_fn, data, cfg.run, cfg.optim, out, resolved, ctx=ctx,
                       param_groups=[{'params': list(model.parameters())}], val_fn=val_fn,
                       checkpoint_meta=meta, collate_fn=collate_groups)
     result = trainer.fit()
+    labels = {'labelled_frames': len(data.labelled_idx), 'frames': len(data.selected),
+              'label_unit': cfg.data.label_unit,
+              'labelled_recordings': data.labelled_recordings}
     summary: dict[str, Any] = {
         'stage': 'robult', 'step': result.step, 'resumed_from': result.resumed_from,
         'checkpoint': str(result.checkpoint), 'train': result.last_logs, 'val': result.last_val,
-        'labelled_frames': len(data.labelled_idx), 'frames': len(data.selected)}
+        **labels}
     if ctx.is_main:
         deployable = out / 'model.safetensors'
         export_backbone(result.checkpoint, deployable)
         summary['model'] = str(deployable)
         if cfg.evaluate.enabled:
-            summary['eval'] = str(write_evaluation(
-                cfg, deployable, cached, out, ctx.device,
-                {'labelled_frames': len(data.labelled_idx), 'frames': len(data.selected)}))
+            summary['eval'] = str(write_evaluation(cfg, deployable, cached, out, ctx.device,
+                                                   labels))
         print(json.dumps(summary, indent=1, default=str))
     ctx.barrier()
     return summary
