@@ -33,6 +33,7 @@ from torch.utils.data import Dataset, default_collate
 from rmseg_ros.modalities import MODALITIES
 
 IGNORE = 255
+LABEL_UNITS = ('frame', 'recording')  # what a label fraction counts
 
 
 def frame_keys(shard_names: Sequence[str], frames: Sequence[int], seed: int) -> np.ndarray:
@@ -58,9 +59,6 @@ def select_labelled(keys: np.ndarray, eligible: np.ndarray, fraction: float) -> 
     out = np.zeros(len(eligible), dtype=bool)
     out[chosen] = True
     return out
-
-
-LABEL_UNITS = ('frame', 'recording')
 
 
 def select_labelled_recordings(shard_names: Sequence[str], eligible: np.ndarray,

@@ -31,8 +31,6 @@ KINDS = {  # row prefix -> (description, base objective, Robult losses)
 ROW_RE = re.compile(r'^(sup|robult|teacher|rmmss_robult|rmmss)(\d+)$')
 ORDER = ['sup', 'robult', 'teacher', 'rmmss', 'rmmss_robult']
 LONG = 'long_'  # key prefix of the rows of a longer-budget experiment
-
-
 REC = 'rec_'  # key prefix of the rows trained with whole recordings labelled (label_unit)
 
 
