@@ -22,7 +22,7 @@ LABEL_MODES = ('first_frame', 'all')
 class AugmentConfig:
     flip: bool = True  # horizontal flip of the whole window
     # brightness factor range, one per window, drawn log-uniformly; reaching 0.2 makes a lit
-    # training scene as dim as the darkest light a robot works in (the held-out videos are)
+    # training scene as dim as the darkest light a robot works in (and the held-out videos)
     gain: tuple[float, float] = (0.2, 1.3)
     gamma: tuple[float, float] = (0.8, 1.25)
     tint: tuple[float, float] = (0.8, 1.2)  # per-channel gain range (colour cast)
