@@ -123,10 +123,19 @@ def test_outputs_dropout_rejoin_and_enable(tiny_checkpoint, spawn_python, probe)
                '/perception/labeled_points']
     probe.wait(lambda: all(len(probe.stamps[t]) >= 5 for t in outputs) and probe.pipeline()
                .get('subset_used') == 'rgb+depth+lidar+event', 90, 'all outputs, all modalities')
-    # source stamps: every label image carries the stamp of a camera frame
+
+    # source stamps: a label image carries the stamp of a camera frame. The probe's own camera
+    # subscription is best effort (sensor QoS) and may start late or drop a frame under load,
+    # so compare only labels of frames sent after the probe saw its first camera frame, and
+    # allow one of five to be missing; a node stamping with its own clock would match none.
+    def labels_after_first_camera():
+        cams = probe.stamps_of('/camera/image')
+        return [s for s in probe.stamps_of('/perception/labels') if cams and s >= min(cams)]
+
+    probe.wait(lambda: len(labels_after_first_camera()) >= 6, 30, 'labels of seen camera frames')
     cams = set(probe.stamps_of('/camera/image'))
-    labels = probe.stamps_of('/perception/labels')
-    assert set(labels[-5:]) <= cams
+    recent = labels_after_first_camera()[-6:-1]  # the newest label's frame may still be in flight
+    assert sum(s in cams for s in recent) >= 4, (recent, sorted(cams)[-10:])
     # the labelled cloud keeps the LiDAR scan's header: its stamp is within slop of a frame's
     assert all(min(abs(p - c) for c in cams) <= 0.05e9
                for p in probe.stamps_of('/perception/labeled_points'))
