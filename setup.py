@@ -14,7 +14,8 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
         ('share/' + PACKAGE + '/launch', glob('launch/*.py')),
-        ('share/' + PACKAGE + '/config', glob('config/*.yaml') + glob('config/*.rviz')),
+        ('share/' + PACKAGE + '/config', glob('config/*.yaml') + glob('config/*.rviz')
+                                        + glob('config/*.xml')),
         ('share/' + PACKAGE + '/weights', glob('weights/*.safetensors')),
     ],
     install_requires=['setuptools'],

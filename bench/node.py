@@ -1,21 +1,22 @@
 """Perception node end to end over DDS: 640x480 camera at 30 Hz + depth 15, LiDAR 10, events 20.
 
 The perception node runs in its own process with the default weights (backend auto: onnxruntime
-on CPU); this process publishes the synthetic rig, subscribes to ~/labels and /diagnostics and
-prints (DESIGN.md section 7):
+on CPU), the synthetic rig in another (as a camera driver does); this process only subscribes to
+~/labels and /diagnostics and prints (DESIGN.md section 7):
   output_rate_hz      labels per second over the measurement window
   latency_p50_ms      header stamp -> labels received here (same clock, same machine)
   latency_p95_ms
   forward_ms          the node's median model forward time (from its diagnostics)
   overhead_p50_ms     latency_p50 - forward: sync wait, decoding, pre/post-processing, transport
-  transport_loss_pct  sensor messages published here but never received by the node
+  transport_loss_pct  sensor messages the rig published but the node never received
   node_*_p50_ms       the node's own breakdown: receive (stamp -> set complete in the node),
                       wait for the worker, preprocess (decode + model input), postprocess,
                       publish; node_latency_p50_ms = set complete -> published
 
 `--low-latency` (default) sets sync.wait_for_closer:=false and sync.slop:=0.1, so a frame never
 waits for a later LiDAR scan; `--exact` keeps the default matching (adds up to one LiDAR period).
-Fast DDS LARGE_DATA (TCP for big samples over loopback) is set for both processes.
+All three processes use the Fast DDS shared-memory profile config/fastdds_shm.xml (`--transport`;
+LARGE_DATA, TCP over loopback, took 13 ms of node_receive for what the profile does in 3 ms).
 The rig replays 30 pre-rendered camera / depth / LiDAR frames with fresh stamps (events are
 generated live), as drivers publish without rendering: rendering them live took a third of one
 of the two cores from the node under test (`--cache-frames 0` restores it).
@@ -24,6 +25,7 @@ of the two cores from the node under test (`--cache-frames 0` restores it).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -35,8 +37,34 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The synthetic rig in its own process: publishes until stdin closes; answers each 'count' line
+# on stdin with its per-modality publish counts (one JSON line), for the loss figure.
+RIG = """
+import json, sys, threading, rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rmseg_ros.nodes.synthetic_sensors import SyntheticSensors, build_parser
+rclpy.init()
+node = SyntheticSensors(build_parser().parse_args(sys.argv[1:]))
+executor = SingleThreadedExecutor()
+executor.add_node(node)
+threading.Thread(target=executor.spin, daemon=True).start()
+for line in sys.stdin:
+    print(json.dumps(dict(node.count)), flush=True)
+executor.shutdown(timeout_sec=1)
+rclpy.try_shutdown()
+"""
+
+
+def _rig_counts(rig: subprocess.Popen) -> dict[str, int]:
+    rig.stdin.write('count\n')
+    rig.stdin.flush()
+    return json.loads(rig.stdout.readline())
+
 
 def main() -> int:
+    from rmseg_ros.dds_transport import CHOICES as DDS_TRANSPORTS
+    from rmseg_ros.dds_transport import transport_env
+
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--seconds', type=float, default=20.0, help='measurement window')
@@ -45,9 +73,10 @@ def main() -> int:
     ap.add_argument('--exact', action='store_true', help='exact (waiting) sync matching')
     ap.add_argument('--width', type=int, default=640)
     ap.add_argument('--height', type=int, default=480)
-    ap.add_argument('--transports', default='LARGE_DATA',
-                    help='FASTDDS_BUILTIN_TRANSPORTS for both processes (DEFAULT, SHM, '
-                         'LARGE_DATA, ...)')
+    ap.add_argument('--transport', choices=DDS_TRANSPORTS, default='shm',
+                    help="Fast DDS transport of both processes: 'shm' = config/fastdds_shm.xml "
+                         "(16 MiB shared-memory segment), 'inherit', or a built-in set such as "
+                         "LARGE_DATA (default 'shm')")
     ap.add_argument('--cache-frames', type=int, default=30,
                     help='frames the rig renders once and replays (0: render every frame)')
     ap.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
@@ -55,7 +84,9 @@ def main() -> int:
     opts = ap.parse_args()
     os.environ.setdefault('ROS_DOMAIN_ID', '91')
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    os.environ['FASTDDS_BUILTIN_TRANSPORTS'] = opts.transports
+    env = transport_env(os.environ, opts.transport)  # before rclpy.init (read once per process)
+    os.environ.clear()
+    os.environ.update(env)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(REPO), os.environ.get('PYTHONPATH', '')) if p))
     params = ['-p', f'checkpoint:={opts.checkpoint}', '-p', 'diagnostics_period_s:=0.5',
@@ -69,16 +100,13 @@ def main() -> int:
                             stderr=subprocess.PIPE, text=True)
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from rmseg_ros.nodes.synthetic_sensors import SyntheticSensors, build_parser
-
     rclpy.init()
-    sensors_opts = build_parser().parse_args(
-        ['--width', str(opts.width), '--height', str(opts.height), '--camera-info',
-         '--rates', '30', '15', '10', '20', '--cache-frames', str(opts.cache_frames)])
+    rig_args = ['--width', str(opts.width), '--height', str(opts.height), '--camera-info',
+                '--rates', '30', '15', '10', '20', '--cache-frames', str(opts.cache_frames)]
     probe = rclpy.create_node('bench_probe')
     lock = threading.Lock()
     arrivals: list[tuple[float, float]] = []  # (monotonic, latency ms)
@@ -98,10 +126,11 @@ def main() -> int:
     probe.create_subscription(Image, '/perception/labels', on_labels,
                               QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
     probe.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = SingleThreadedExecutor()
     executor.add_node(probe)
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
+    rig = None
     try:
         deadline = time.monotonic() + 180
         while 'perception: pipeline' not in diag:  # configured and active
@@ -110,19 +139,21 @@ def main() -> int:
                       file=sys.stderr)
                 return 1
             time.sleep(0.2)
-        sensors = SyntheticSensors(sensors_opts)
-        executor.add_node(sensors)
+        # the rig is a process of its own, as a camera driver is: this one only measures
+        rig = subprocess.Popen([sys.executable, '-c', RIG, *rig_args], env=env, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         time.sleep(opts.warmup)
         t0 = time.monotonic()
         with lock:
-            base = dict(sensors.count)
+            base = _rig_counts(rig)
             received0 = {m: int(diag.get(f'perception: modality {m}', {}).get('received', 0))
                          for m in base}
         time.sleep(opts.seconds)
         t1 = time.monotonic()
         with lock:
-            published = {m: sensors.count[m] - base[m] for m in base}
-        executor.remove_node(sensors)  # stop publishing, let the last messages land
+            published = {m: n - base[m] for m, n in _rig_counts(rig).items()}
+        rig.stdin.close()  # stop publishing, let the last messages land
+        rig.wait(10)
         time.sleep(1.5)
         with lock:
             window = [lat for t, lat in arrivals if t0 <= t <= t1]
@@ -130,6 +161,8 @@ def main() -> int:
                         for m in base}
             pipeline = dict(diag['perception: pipeline'])
     finally:
+        if rig is not None and rig.poll() is None:
+            rig.kill()
         executor.shutdown(timeout_sec=2)
         node.terminate()
         node.wait(10)

@@ -7,14 +7,24 @@ inside generate_launch_description only, so the rest of this file (node_kwargs) 
 by tests on machines without them.
 """
 
+import os
+
+from rmseg_ros.dds_transport import transport_env
 from rmseg_ros.graph import LAUNCH_ARGUMENTS, build_graph
 
 
 def node_kwargs(**arguments):
-    """launch_ros.actions.Node keyword arguments for every node of the graph."""
+    """launch_ros.actions.Node keyword arguments for every node of the graph.
+
+    Each node gets the Fast DDS shared-memory profile (config/fastdds_shm.xml) unless the
+    environment already names a profile file, as `rmseg-bringup --dds-transport shm` does.
+    """
+    env = {k: v for k, v in transport_env(os.environ, 'shm').items()
+           if os.environ.get(k) != v}
     return [dict(package=spec.package, executable=spec.executable, name=spec.name,
                  namespace=spec.namespace, parameters=[spec.parameters],
-                 remappings=list(spec.remappings), output='screen', emulate_tty=True)
+                 remappings=list(spec.remappings), output='screen', emulate_tty=True,
+                 additional_env=env)
             for spec in build_graph(**arguments)]
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from rmseg_ros.dds_transport import CHOICES as DDS_TRANSPORTS
+from rmseg_ros.dds_transport import transport_env
 from rmseg_ros.graph import LAUNCH_ARGUMENTS, NodeSpec, build_graph
 from rmseg_ros.runtime import tune_malloc
 
@@ -41,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help='run every node in this process instead of one process per node')
     ap.add_argument('--linger', type=float, default=3.0,
                     help='with --bag: seconds to keep the graph up after the bag ends')
+    ap.add_argument('--dds-transport', choices=DDS_TRANSPORTS, default='shm',
+                    help="Fast DDS transport of the nodes: 'shm' = config/fastdds_shm.xml "
+                         "(16 MiB shared memory, unless FASTDDS_DEFAULT_PROFILES_FILE is set), "
+                         "'inherit' = this environment as it is, or a built-in set "
+                         "(default 'shm')")
     ap.add_argument('--print', dest='print_only', action='store_true',
                     help='print the nodes and parameters that would run, then exit')
     ap.add_argument('--param', action='append', default=[], metavar='NODE:NAME:=VALUE',
@@ -86,8 +93,8 @@ def command(spec: NodeSpec, directory: Path) -> list[str]:
     return cmd
 
 
-def _run_processes(nodes: list[NodeSpec], linger: float) -> int:
-    env = dict(os.environ)
+def _run_processes(nodes: list[NodeSpec], linger: float, env: dict[str, str]) -> int:
+    env = dict(env)
     repo = str(Path(__file__).resolve().parents[1])
     env['PYTHONPATH'] = os.pathsep.join(p for p in (repo, env.get('PYTHONPATH', '')) if p)
     procs: dict[str, subprocess.Popen] = {}
@@ -203,9 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                'namespace': n.namespace, 'remappings': n.remappings,
                                'parameters': n.parameters} for n in nodes], sort_keys=False))
         return 0
+    env = transport_env(os.environ, args.dds_transport)
     if args.single_process:
+        os.environ.clear()
+        os.environ.update(env)  # before rclpy.init: Fast DDS reads it at the first participant
         return _run_single(nodes, args.linger)
-    return _run_processes(nodes, args.linger)
+    return _run_processes(nodes, args.linger, env)
 
 
 if __name__ == '__main__':

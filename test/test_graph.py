@@ -55,6 +55,18 @@ def test_launch_file_and_bringup_describe_the_same_nodes(args):
     assert ('bag_replay' in names) == ('bag' in args)
 
 
+def test_launch_and_bringup_give_nodes_the_same_dds_profile(monkeypatch):
+    from rmseg_ros.dds_transport import PROFILE_VAR, transport_env
+
+    monkeypatch.delenv(PROFILE_VAR, raising=False)
+    env = _launch_module().node_kwargs()[0]['additional_env']
+    assert env[PROFILE_VAR] == transport_env({}, 'shm')[PROFILE_VAR]
+    assert Path(env[PROFILE_VAR]).is_file()
+    assert bringup.build_parser().parse_args([]).dds_transport == 'shm'
+    monkeypatch.setenv(PROFILE_VAR, '/etc/robot/dds.xml')  # the user's own profile is kept
+    assert _launch_module().node_kwargs()[0]['additional_env'] == {}
+
+
 def test_launch_file_is_launch_ros_code_with_every_argument():
     tree = ast.parse(LAUNCH_FILE.read_text())
     imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
