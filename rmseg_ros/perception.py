@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -17,6 +18,7 @@ from rmseg_ros import visualization
 from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.lidar_projection import labels_to_points
+from rmseg_ros.prepared_inputs import PreparedInputCache
 from rmseg_ros.preprocess import DegradedConfig, build_model_input, frame_from_messages
 from rmseg_ros.sync import NS_PER_S, SyncConfig, SyncedSet
 
@@ -117,6 +119,14 @@ class PerceptionPipeline:
         names = list(classes.names)
         self.robot_id = (names.index(cfg.output.robot_class)
                          if cfg.output.robot_class in names else None)
+        self.prepared = PreparedInputCache(self.frontend)
+
+    def prepare(self, modality: str, msg: Any, camera: CameraIntrinsics | None,
+                T_cam_lidar: np.ndarray | None,
+                event_sensor_hw: tuple[int, int] | None = None) -> bool:
+        """Build a LiDAR scan's or event packet's tensor as it arrives, for the set that will
+        use it (rmseg_ros.prepared_inputs); False when it is left to the set."""
+        return self.prepared.put(modality, msg, camera, T_cam_lidar, event_sensor_hw)
 
     def run(self, synced: SyncedSet, camera: CameraIntrinsics, T_cam_lidar: np.ndarray | None,
             robot_mask: np.ndarray | None = None, want: frozenset[str] = frozenset(OUTPUTS),
@@ -129,9 +139,16 @@ class PerceptionPipeline:
         if 'lidar' in messages and T_cam_lidar is None:
             errors['lidar'] = 'no LiDAR -> camera extrinsic'
             messages.pop('lidar')
-        frame = frame_from_messages(synced.stamp_ns, messages, camera, T_cam_lidar,
-                                    event_sensor_hw, errors=errors)
-        model_input = build_model_input(frame, self.frontend, errors=errors)
+        prepared = self.prepared.take(messages, camera, T_cam_lidar, event_sensor_hw)
+        frame = frame_from_messages(
+            synced.stamp_ns, {m: msg for m, msg in messages.items() if m not in prepared},
+            camera, T_cam_lidar, event_sensor_hw, errors=errors)
+        if 'lidar' in prepared:
+            frame.lidar_xyz = prepared['lidar'].lidar_xyz
+            frame.lidar_intensity = prepared['lidar'].lidar_intensity
+        model_input = build_model_input(
+            frame, self.frontend, errors=errors,
+            prepared={m: (p.tensor, p.reason) for m, p in prepared.items()})
         used = model_input.present
         if not used:
             why = {**{m: f'degraded: {r}' for m, r in model_input.degraded.items()}, **errors}

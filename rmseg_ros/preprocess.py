@@ -291,18 +291,31 @@ _STEPS = (  # modality, is it in the frame, tensor builder
 )
 
 
+STEP_OF = {modality: step for modality, _, step in _STEPS}
+
+
 def build_model_input(frame: RawFrame, cfg: FrontendConfig,
-                      errors: dict[str, str] | None = None) -> ModelInput:
+                      errors: dict[str, str] | None = None,
+                      prepared: dict[str, tuple[np.ndarray, str | None]] | None = None
+                      ) -> ModelInput:
     """RawFrame -> per-modality tensors at cfg.hw + presence + degraded reasons.
 
     A degraded modality is kept or removed according to cfg.degraded.policy; either way the
     reason is reported so diagnostics can show it. A modality that cannot be aligned with the
     camera raises ValueError, or, with an `errors` dict, is left out with its reason stored.
+    `prepared` holds (tensor, reason) of modalities already built from their message (the
+    node builds LiDAR and event tensors when they arrive: rmseg_ros.prepared_inputs).
     """
     tensors: dict[str, np.ndarray] = {}
     degraded: dict[str, str] = {}
     overlay = None
+    prepared = prepared or {}
     for modality, present, step in _STEPS:
+        if modality in prepared:
+            tensors[modality], reason = prepared[modality]
+            if reason:
+                degraded[modality] = reason
+            continue
         if not present(frame):
             continue
         try:

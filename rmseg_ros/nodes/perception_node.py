@@ -62,6 +62,7 @@ from rmseg_ros.perception import (
     PerceptionResult,
     check_stamp,
 )
+from rmseg_ros.prepared_inputs import PREPARED_MODALITIES
 from rmseg_ros.preprocess import DROP, FEED, DegradedConfig
 from rmseg_ros.runtime import inference_threads, tune_malloc
 from rmseg_ros.sync import SyncedSet
@@ -344,6 +345,11 @@ class PerceptionNode(LifecycleNode):
             return
         if modality == 'lidar' and msg.header.frame_id:
             self._lidar_frame_seen = msg.header.frame_id
+        pipeline = self.pipeline
+        if modality in PREPARED_MODALITIES and pipeline is not None and self._wanted():
+            # before the set can complete: its worker then finds the tensor built
+            pipeline.prepare(modality, msg, self._camera, self._lidar_extrinsic(),
+                             self.event_sensor_hw)
         with self._sync_lock:
             sets = self.sync.add(modality, stamp, msg)
         if not sets:

@@ -1,0 +1,109 @@
+"""LiDAR and event model-input tensors built when their message arrives, not after the camera.
+
+A synchronised set is complete when its camera frame arrives; the LiDAR scan and the event
+packet it pairs with came earlier. Projecting the scan (~1 ms for 32k points) and voxelising the
+events (~1 ms for 50k) at arrival, on the executor thread while the worker runs the model on the
+other core, takes both off the stamp -> labels path. The tensor of a message depends only on it,
+the camera intrinsics, the LiDAR extrinsic and the front-end config, so an entry is used only
+when the set's message is the same object and those inputs are unchanged; anything else (a
+malformed message, a changed extrinsic, an evicted entry) falls back to building it in the set.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rmseg_ros.camera import CameraIntrinsics
+from rmseg_ros.preprocess import STEP_OF, FrontendConfig, frame_from_messages
+
+PREPARED_MODALITIES = ('lidar', 'event')
+
+
+@dataclass
+class PreparedInput:
+    tensor: np.ndarray
+    reason: str | None  # degraded reason, as build_model_input reports it
+    lidar_xyz: np.ndarray | None = None  # the decoded scan: the labelled cloud needs it
+    lidar_intensity: np.ndarray | None = None
+
+
+def geometry_key(camera: CameraIntrinsics, T_cam_lidar: np.ndarray | None,
+                 event_sensor_hw: tuple[int, int] | None) -> tuple:
+    """Everything besides the message that a LiDAR or event tensor depends on (a new
+    CameraIntrinsics object per CameraInfo message, so compare values, not identity)."""
+    p = b'' if camera.P is None else np.asarray(camera.P, float).tobytes()
+    t = b'' if T_cam_lidar is None else np.asarray(T_cam_lidar, float).tobytes()
+    return (camera.width, camera.height, np.asarray(camera.K, float).tobytes(),
+            np.asarray(camera.D, float).tobytes(), np.asarray(camera.R, float).tobytes(), p,
+            camera.distortion_model, t, event_sensor_hw)
+
+
+def prepare_input(modality: str, msg: Any, camera: CameraIntrinsics,
+                  T_cam_lidar: np.ndarray | None, event_sensor_hw: tuple[int, int] | None,
+                  cfg: FrontendConfig) -> PreparedInput:
+    """The model-input tensor of one LiDAR or event message. Raises ValueError if malformed."""
+    if modality not in PREPARED_MODALITIES:
+        raise ValueError(f'{modality} is built with its set, not on arrival')
+    frame = frame_from_messages(0, {modality: msg}, camera, T_cam_lidar, event_sensor_hw)
+    tensor, reason, *_ = STEP_OF[modality](frame, cfg)
+    return PreparedInput(tensor, reason, frame.lidar_xyz, frame.lidar_intensity)
+
+
+class PreparedInputCache:
+    """The last `keep` prepared messages per modality, shared by the executor thread (put) and
+    the inference worker (take). Entries hold their message, so its id() stays unique."""
+
+    def __init__(self, cfg: FrontendConfig, keep: int = 4) -> None:
+        self.cfg = cfg
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._entries: dict[str, OrderedDict[int, tuple[Any, tuple, PreparedInput]]] = {
+            m: OrderedDict() for m in PREPARED_MODALITIES}
+        self.hits = 0
+        self.misses = 0
+
+    def put(self, modality: str, msg: Any, camera: CameraIntrinsics | None,
+            T_cam_lidar: np.ndarray | None, event_sensor_hw: tuple[int, int] | None) -> bool:
+        """Build and keep `msg`'s tensor; False when it cannot be built now (no camera or
+        extrinsic yet, malformed: the set's own build reports that)."""
+        if modality not in PREPARED_MODALITIES or camera is None:
+            return False
+        if modality == 'lidar' and T_cam_lidar is None:
+            return False
+        try:
+            prepared = prepare_input(modality, msg, camera, T_cam_lidar, event_sensor_hw,
+                                     self.cfg)
+        except ValueError:
+            return False
+        key = geometry_key(camera, T_cam_lidar if modality == 'lidar' else None, event_sensor_hw)
+        with self._lock:
+            entries = self._entries[modality]
+            entries[id(msg)] = (msg, key, prepared)
+            while len(entries) > self.keep:
+                entries.popitem(last=False)
+        return True
+
+    def take(self, messages: dict[str, Any], camera: CameraIntrinsics,
+             T_cam_lidar: np.ndarray | None, event_sensor_hw: tuple[int, int] | None
+             ) -> dict[str, PreparedInput]:
+        """The prepared inputs of the set's LiDAR / event messages that are still valid."""
+        out: dict[str, PreparedInput] = {}
+        for modality in PREPARED_MODALITIES:
+            msg = messages.get(modality)
+            if msg is None:
+                continue
+            with self._lock:
+                entry = self._entries[modality].get(id(msg))
+            key = geometry_key(camera, T_cam_lidar if modality == 'lidar' else None,
+                               event_sensor_hw)
+            if entry is not None and entry[0] is msg and entry[1] == key:
+                out[modality] = entry[2]
+                self.hits += 1
+            else:
+                self.misses += 1
+        return out
