@@ -190,7 +190,9 @@ def main() -> int:
         print(f'node_latency_p50_ms: {float(pipeline["latency_p50_ms"]):.2f} ms')
     print(f'# published {published}, received by the node {received}, backend '
           f'{pipeline.get("backend")}, device {pipeline.get("device")}, skipped '
-          f'{pipeline.get("skipped_frames")}, sync {"exact" if opts.exact else "low-latency"}',
+          f'{pipeline.get("skipped_frames")}, sync {"exact" if opts.exact else "low-latency"}, '
+          f'LiDAR/event inputs built on arrival {pipeline.get("prepared_inputs_used")} '
+          f'(with the set {pipeline.get("prepared_inputs_missed")})',
           file=sys.stderr)
     return 0
 

@@ -124,6 +124,10 @@ def test_outputs_dropout_rejoin_and_enable(tiny_checkpoint, spawn_python, probe)
     probe.wait(lambda: all(len(probe.stamps[t]) >= 5 for t in outputs) and probe.pipeline()
                .get('subset_used') == 'rgb+depth+lidar+event', 90, 'all outputs, all modalities')
 
+    # the LiDAR / event tensors were built as those messages arrived (prepared_inputs)
+    probe.wait(lambda: int(probe.pipeline().get('prepared_inputs_used', 0)) >= 5, 20,
+               'sets using prepared LiDAR / event inputs')
+
     # source stamps: a label image carries the stamp of a camera frame. The probe's own camera
     # subscription is best effort (sensor QoS) and may start late or drop a frame under load,
     # so compare only labels of frames sent after the probe saw its first camera frame, and

@@ -482,6 +482,9 @@ class PerceptionNode(LifecycleNode):
                  'pivot_switches': sync_stats['pivot_switches'],
                  'pivots_dropped': sync_stats['pivots_dropped'],
                  'backward_jumps': sync_stats['backward_jumps']}
+        if self.pipeline is not None:  # LiDAR / event tensors built on arrival vs with the set
+            extra['prepared_inputs_used'] = self.pipeline.prepared.hits
+            extra['prepared_inputs_missed'] = self.pipeline.prepared.misses
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         for st in statuses(self.get_name(), states, self.stats.snapshot(), extra, blocked,
