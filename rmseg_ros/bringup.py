@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
+from rmseg_ros.dds_transport import BUILTIN_VAR, PROFILE_VAR, transport_env
 from rmseg_ros.dds_transport import CHOICES as DDS_TRANSPORTS
-from rmseg_ros.dds_transport import transport_env
 from rmseg_ros.graph import LAUNCH_ARGUMENTS, NodeSpec, build_graph
 from rmseg_ros.runtime import tune_malloc
 
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "'inherit' = this environment as it is, or a built-in set "
                          "(default 'shm')")
     ap.add_argument('--print', dest='print_only', action='store_true',
-                    help='print the nodes and parameters that would run, then exit')
+                    help='print the Fast DDS environment, nodes and parameters that would run '
+                         '(YAML), then exit')
     ap.add_argument('--param', action='append', default=[], metavar='NODE:NAME:=VALUE',
                     help='extra parameter override (YAML value), e.g. perception:sync.slop:=0.1')
     return ap
@@ -205,12 +206,14 @@ def _run_single(nodes: list[NodeSpec], linger: float) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     nodes = graph_from_args(args)
-    if args.print_only:
-        print(yaml.safe_dump([{'name': n.name, 'executable': n.executable,
-                               'namespace': n.namespace, 'remappings': n.remappings,
-                               'parameters': n.parameters} for n in nodes], sort_keys=False))
-        return 0
     env = transport_env(os.environ, args.dds_transport)
+    if args.print_only:
+        dds = {k: env[k] for k in (PROFILE_VAR, BUILTIN_VAR) if env.get(k)}
+        print(yaml.safe_dump({'environment': dds, 'nodes': [
+            {'name': n.name, 'executable': n.executable, 'namespace': n.namespace,
+             'remappings': n.remappings, 'parameters': n.parameters} for n in nodes]},
+            sort_keys=False))
+        return 0
     if args.single_process:
         os.environ.clear()
         os.environ.update(env)  # before rclpy.init: Fast DDS reads it at the first participant

@@ -67,6 +67,20 @@ def test_launch_and_bringup_give_nodes_the_same_dds_profile(monkeypatch):
     assert _launch_module().node_kwargs()[0]['additional_env'] == {}
 
 
+def test_bringup_print_names_the_dds_environment_the_nodes_get(monkeypatch, capsys):
+    from rmseg_ros.dds_transport import BUILTIN_VAR, PROFILE_VAR
+
+    monkeypatch.delenv(PROFILE_VAR, raising=False)
+    monkeypatch.setenv(BUILTIN_VAR, 'LARGE_DATA')
+    assert bringup.main(['--print']) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert list(shown['environment']) == [PROFILE_VAR]  # the built-in set is dropped for it
+    assert Path(shown['environment'][PROFILE_VAR]).name == 'fastdds_shm.xml'
+    assert [n['name'] for n in shown['nodes']] == ['perception']
+    assert bringup.main(['--print', '--dds-transport', 'UDPv4']) == 0
+    assert yaml.safe_load(capsys.readouterr().out)['environment'] == {BUILTIN_VAR: 'UDPv4'}
+
+
 def test_launch_file_is_launch_ros_code_with_every_argument():
     tree = ast.parse(LAUNCH_FILE.read_text())
     imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
