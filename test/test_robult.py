@@ -273,6 +273,44 @@ def test_robult_model_latents_imputation_targets_and_frozen_bn():
     assert all(m.momentum == 0.1 for m in bn)  # restored
 
 
+def test_separate_unlabelled_forward_gives_each_group_its_own_batch_statistics():
+    from training.robult.split_forward import forward_in_groups, labelled_first
+
+    torch.manual_seed(6)
+    cfg = RobultLossConfig(enabled=True, stage=2, grid=(2, 3), dim=8, hidden=8)
+    model = RobultModel(_tiny_net(), cfg).train()
+    for m in model.modules():  # BatchNorm stays in train mode; dropout would mask the check
+        if isinstance(m, torch.nn.Dropout2d):
+            m.eval()
+    batch = _batch(6)
+    batch['labelled'] = torch.tensor([False, True, False, True, True, False])
+    ordered = labelled_first(batch)
+    assert ordered['labelled'].tolist() == [True] * 3 + [False] * 3
+    assert ordered['index'].tolist() == [1, 3, 4, 0, 2, 5]  # stable inside each group
+    assert torch.equal(ordered['rgb'][0], batch['rgb'][1])
+    inputs = {m: ordered[m] for m in MODALITIES}
+    # the unlabelled group has no RGB at all: its per-modality dicts lack the key
+    presence = torch.ones(6, 4, dtype=torch.bool)
+    presence[3:, INDEX['rgb']] = False
+    with torch.no_grad(), frozen_bn_stats(model.net):
+        split = forward_in_groups(model, inputs, presence, ordered['presence'], 3)
+        alone = model({m: t[:3] for m, t in inputs.items()}, presence[:3],
+                      full_presence=ordered['presence'][:3])
+        joint = model(inputs, presence, full_presence=ordered['presence'])
+    # the labelled frames come out exactly as in a batch of their own, unlike in the joint one
+    assert split.logits.shape == joint.logits.shape == (6, 5, 32, 48)
+    assert torch.allclose(split.logits[:3], alone.logits, atol=1e-5)
+    assert not torch.allclose(joint.logits[:3], alone.logits, atol=1e-3)
+    lat = split.extras['robult']
+    assert lat.modality.shape == (6, 4, 8, 6) and lat.grid == (2, 3)
+    rgb = split.modality_features[0]['rgb']
+    assert rgb.shape[0] == 6 and bool((rgb[3:] == 0).all()) and bool(rgb[:3].abs().sum() > 0)
+    # one group empty: a single ordinary pass
+    with torch.no_grad(), frozen_bn_stats(model.net):
+        whole = forward_in_groups(model, inputs, presence, ordered['presence'], 6)
+    assert torch.allclose(whole.logits, joint.logits, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- labels
 
 def test_labelled_selection_is_seeded_sized_nested_and_respects_recorded_labels():

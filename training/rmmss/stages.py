@@ -147,15 +147,23 @@ def robust_loss(lc: LossConfig, dropout: DropoutConfig, teacher: nn.Module | Non
     `robult` enabled (net a training.robult.latents.RobultModel): + the Robult losses. Frames
     flagged unlabelled have their labels ignored by every label-based term."""
     from training.robult.losses import mask_unlabelled, robult_terms
+    from training.robult.split_forward import forward_in_groups, labelled_first
 
     aux = robult is not None and robult.enabled
 
     def loss_fn(net, batch, ctx):
+        if aux and robult.separate_unlabelled_forward:
+            batch = labelled_first(batch)
         inputs = model_inputs(batch)
         labels = mask_unlabelled(batch['labels'], batch.get('labelled'))
         presence = drop_modalities(batch['presence'], ctx.generator, dropout)
-        out = net(inputs, presence, full_presence=batch['presence']) if aux \
-            else net(inputs, presence)
+        if aux and robult.separate_unlabelled_forward:
+            out = forward_in_groups(net, inputs, presence, batch['presence'],
+                                    int(batch['labelled'].sum()))
+        elif aux:
+            out = net(inputs, presence, full_presence=batch['presence'])
+        else:
+            out = net(inputs, presence)
         ce = ohem_cross_entropy(out.logits, labels, lc.ohem_thresh, lc.ohem_min_kept_fraction)
         logs: dict[str, Any] = {'ce': ce.detach(),
                                 'kept_modalities': presence.sum(1).float().mean()}

@@ -40,3 +40,7 @@ class RobultLossConfig:
     hidden: int = 64  # projection head width
     pu: PUConfig = field(default_factory=PUConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
+    # forward labelled and unlabelled frames as two batches, so BatchNorm normalises the
+    # supervised frames with statistics of labelled frames only (as the supervised baseline);
+    # with whole recordings labelled a mixed batch cost 5.8 points (docs/results.md, Robult)
+    separate_unlabelled_forward: bool = True

@@ -58,7 +58,10 @@ METHOD = (
     "each recorded modality's latent (detached; for modalities dropped in the step, from a "
     'no-grad encoder pass) and its prediction from the fused latent and the mean of the other '
     'present modalities. Loss = OHEM CE (labelled frames only) + 0.1 x PU + 1.0 x '
-    'reconstruction; the deployed network is the plain fusion student (heads dropped).')
+    'reconstruction; labelled and unlabelled frames go through the network as two batches '
+    '(`robult.separate_unlabelled_forward`), so BatchNorm normalises the supervised frames with '
+    'labelled-frame statistics only; the deployed network is the plain fusion student (heads '
+    'dropped).')
 
 
 def _pct(v: float | None) -> float | None:
