@@ -152,12 +152,15 @@ def robust_loss(lc: LossConfig, dropout: DropoutConfig, teacher: nn.Module | Non
     aux = robult is not None and robult.enabled
 
     def loss_fn(net, batch, ctx):
-        if aux and robult.separate_unlabelled_forward:
+        # batches of a fully labelled set (the RMMSS robust stage) carry no 'labelled' flags
+        split = (aux and robult.separate_unlabelled_forward
+                 and batch.get('labelled') is not None)
+        if split:
             batch = labelled_first(batch)
         inputs = model_inputs(batch)
         labels = mask_unlabelled(batch['labels'], batch.get('labelled'))
         presence = drop_modalities(batch['presence'], ctx.generator, dropout)
-        if aux and robult.separate_unlabelled_forward:
+        if split:
             out = forward_in_groups(net, inputs, presence, batch['presence'],
                                     int(batch['labelled'].sum()))
         elif aux:
