@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from rig_messages import set_messages
 
 from rmseg_ros import conversions
 from rmseg_ros.camera import CameraIntrinsics
@@ -16,21 +17,14 @@ from rmseg_ros.perception import PerceptionConfig, PerceptionPipeline
 from rmseg_ros.prepared_inputs import PreparedInputCache, prepare_input
 from rmseg_ros.preprocess import FrontendConfig, build_model_input, frame_from_messages
 from rmseg_ros.sync import SyncedSet
-from rmseg_ros.synthetic import T_CAM_LIDAR_DEFAULT, SyntheticRig, cloud_array, event_array
+from rmseg_ros.synthetic import T_CAM_LIDAR_DEFAULT, SyntheticRig
 
 RIG = SyntheticRig(width=320, height=240, lidar_columns=240)
 STAMP = 1_700_000_000_000_000_000
 
 
 def _messages(t: float = 0.3) -> dict:
-    xyz, intensity = RIG.lidar(t)
-    return {
-        'rgb': conversions.numpy_to_image(RIG.rgb(t), 'rgb8'),
-        'depth': conversions.numpy_to_image(RIG.depth_m(t), '32FC1'),
-        'lidar': conversions.array_to_pointcloud2(cloud_array(xyz, intensity)),
-        'event': conversions.array_to_pointcloud2(
-            event_array(RIG.events(t, STAMP, 50_000_000))),
-    }
+    return set_messages(RIG, t, STAMP)
 
 
 def _set(messages: dict, stamp: int = STAMP) -> SyncedSet:
