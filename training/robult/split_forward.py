@@ -9,6 +9,7 @@ group its own batch statistics while the losses still see every frame's outputs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any
 
@@ -18,7 +19,12 @@ from torch.nn.parallel import DistributedDataParallel
 from rmseg_ros.models.fusion import SegOutput
 
 log = logging.getLogger(__name__)
-_warned: list[bool] = []
+
+
+@functools.cache
+def _warn_ddp() -> None:
+    log.warning('separate_unlabelled_forward is off under DistributedDataParallel: labelled and '
+                'unlabelled frames share one forward pass')
 
 
 def labelled_first(batch: dict[str, Any]) -> dict[str, Any]:
@@ -63,10 +69,7 @@ def forward_in_groups(net: Any, inputs: dict[str, torch.Tensor], presence: torch
         return net(inputs, presence, full_presence=full_presence)
     if isinstance(net, DistributedDataParallel):
         # DDP expects one forward per backward (each parameter's gradient is reduced once)
-        if not _warned:
-            log.warning('separate_unlabelled_forward is off under DistributedDataParallel: '
-                        'labelled and unlabelled frames share one forward pass')
-            _warned.append(True)
+        _warn_ddp()
         return net(inputs, presence, full_presence=full_presence)
     parts = [net({m: t[s] for m, t in inputs.items()}, presence[s], full_presence=full_presence[s])
              for s in (slice(0, n_first), slice(n_first, n))]
