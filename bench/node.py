@@ -9,6 +9,7 @@ on CPU), the synthetic rig in another (as a camera driver does); this process on
   forward_ms          the node's median model forward time (from its diagnostics)
   overhead_p50_ms     latency_p50 - forward: sync wait, decoding, pre/post-processing, transport
   transport_loss_pct  sensor messages the rig published but the node never received
+  labels_age_mean_ms  age of the newest labels here, averaged over time (rate and latency in one)
   node_*_p50_ms       the node's own breakdown: receive (stamp -> set complete in the node),
                       wait for the worker, preprocess (decode + model input), postprocess,
                       publish; node_latency_p50_ms = set complete -> published
@@ -64,6 +65,7 @@ def _rig_counts(rig: subprocess.Popen) -> dict[str, int]:
 def main() -> int:
     from rmseg_ros.dds_transport import CHOICES as DDS_TRANSPORTS
     from rmseg_ros.dds_transport import transport_env
+    from rmseg_ros.freshness import mean_age_of_information
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -157,6 +159,7 @@ def main() -> int:
         time.sleep(1.5)
         with lock:
             window = [lat for t, lat in arrivals if t0 <= t <= t1]
+            received_at = np.array([t for t, _ in arrivals if t0 <= t <= t1])
             received = {m: int(diag[f'perception: modality {m}']['received']) - received0[m]
                         for m in base}
             pipeline = dict(diag['perception: pipeline'])
@@ -180,6 +183,9 @@ def main() -> int:
     print(f'forward_ms: {forward:.2f} ms')
     print(f'overhead_p50_ms: {np.percentile(lat, 50) - forward:.2f} ms')
     print(f'transport_loss_pct: {100.0 * lost / max(sent, 1):.3f} %')
+    if len(window) > 1:  # what a consumer of the newest labels sees, averaged over time
+        age = mean_age_of_information(received_at, received_at - lat / 1e3)
+        print(f'labels_age_mean_ms: {age * 1e3:.2f} ms')
     # where the overhead goes (node's own medians); latency_p50 - receive - node_latency is the
     # way back: publishing the labels to this process and its executor picking them up
     for stage in ('receive', 'wait', 'preprocess', 'postprocess', 'publish'):
@@ -190,7 +196,9 @@ def main() -> int:
         print(f'node_latency_p50_ms: {float(pipeline["latency_p50_ms"]):.2f} ms')
     print(f'# published {published}, received by the node {received}, backend '
           f'{pipeline.get("backend")}, device {pipeline.get("device")}, skipped '
-          f'{pipeline.get("skipped_frames")}, sync {"exact" if opts.exact else "low-latency"}, '
+          f'{pipeline.get("skipped_frames")} (for a fresher set '
+          f'{pipeline.get("skipped_for_freshness")}), '
+          f'sync {"exact" if opts.exact else "low-latency"}, '
           f'LiDAR/event inputs built on arrival {pipeline.get("prepared_inputs_used")} '
           f'(with the set {pipeline.get("prepared_inputs_missed")})',
           file=sys.stderr)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rmseg_ros.config import config_path, load_yaml
+from rmseg_ros.freshness import FreshnessConfig
 from rmseg_ros.modalities import MODALITIES
 from rmseg_ros.perception import InputCheckConfig, OutputConfig
 from rmseg_ros.preprocess import DegradedConfig
@@ -59,6 +60,7 @@ def parse_csv(text: str) -> tuple[str, ...]:
 
 
 _SYNC, _OUT, _CHK, _DEG = SyncConfig(), OutputConfig(), InputCheckConfig(), DegradedConfig()
+_FRESH = FreshnessConfig()
 
 PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
     # model
@@ -136,6 +138,13 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
               'than this from the frame is not applied.'),
     ParamSpec('output.occlusion_tolerance_m', _OUT.occlusion_tolerance_m, 'A LiDAR point more '
               'than this behind the nearest point on its pixel is occluded (label 255).'),
+    # inference worker scheduling (rmseg_ros.freshness.FreshnessConfig)
+    ParamSpec('worker.max_wait_s', _FRESH.max_wait_s, 'A complete set that waited longer than '
+              'this (s) for the busy worker is skipped for the next one when that keeps '
+              'worker.min_rate_hz (lower latency when inference is slower than the camera); '
+              '0 = off, always the newest set at once.'),
+    ParamSpec('worker.min_rate_hz', _FRESH.min_rate_hz, 'Output rate (Hz) below which waited '
+              'sets are processed rather than skipped for fresher ones.'),
     # input checks (rmseg_ros.perception.InputCheckConfig)
     ParamSpec('checks.max_future_s', _CHK.max_future_s, 'Messages stamped further ahead of the '
               'node clock are rejected and counted; 0 = off.'),
@@ -201,7 +210,8 @@ def _ros_value(name: str, value: Any, default: Any) -> Any:
 
 
 def parameters_from_config(data: dict[str, Any]) -> dict[str, Any]:
-    """A perception YAML (sections node, sync, output, checks, frontend.degraded) -> overrides.
+    """A perception YAML (sections node, sync, output, checks, worker, frontend.degraded) ->
+    overrides.
 
     Unknown keys are errors. The `frontend` section other than `degraded` is the training
     front-end (the node takes normalisation and size from its checkpoint) and is skipped here.
@@ -217,7 +227,7 @@ def parameters_from_config(data: dict[str, Any]) -> dict[str, Any]:
                 flat['degraded.drop'] = [m for m, v in policy.items() if v == 'drop']
         elif section == 'node':
             _flatten('', body, flat)
-        elif section in ('sync', 'output', 'checks'):
+        elif section in ('sync', 'output', 'checks', 'worker'):
             _flatten(section, body, flat)
         else:
             raise ValueError(f'unknown section {section!r} in the perception config')

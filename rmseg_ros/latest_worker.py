@@ -4,13 +4,18 @@ Inference is slower than a 30 Hz camera on a CPU. A queue would grow without bou
 latency), so the inbox holds one item: submitting while an item still waits replaces it and
 counts the replaced one as skipped. The callback runs outside the lock, so subscribers never wait
 for inference. Exceptions in the callback are passed to `on_error` and the worker keeps going.
+With a FreshnessPolicy, a worker that finds an item that has waited too long may hold on for the
+next one (rmseg_ros.freshness says when and why).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
+
+from rmseg_ros.freshness import FreshnessPolicy
 
 T = TypeVar('T')
 
@@ -19,16 +24,19 @@ __all__ = ['LatestOnlyWorker']
 
 class LatestOnlyWorker(Generic[T]):
     def __init__(self, process: Callable[[T], Any], on_error: Callable[[BaseException, T], None],
-                 name: str = 'latest_worker') -> None:
+                 name: str = 'latest_worker', freshness: FreshnessPolicy | None = None) -> None:
         self._process = process
         self._on_error = on_error
+        self._freshness = freshness
         self._cond = threading.Condition()
         self._item: T | None = None
+        self._item_since = 0.0  # monotonic time the waiting item was submitted
         self._has_item = False
         self._stop = False
         self._busy = False
         self.submitted = 0
         self.skipped = 0  # replaced before the worker took them
+        self.skipped_for_freshness = 0  # of those: held back for a newer item, which came
         self.processed = 0
         self.failed = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -38,10 +46,13 @@ class LatestOnlyWorker(Generic[T]):
         with self._cond:
             if self._stop:
                 return
+            now = time.monotonic()
             self.submitted += 1
             if self._has_item:
                 self.skipped += 1
-            self._item = item
+            if self._freshness is not None:
+                self._freshness.arrived(now)
+            self._item, self._item_since = item, now
             self._has_item = True
             self._cond.notify()
 
@@ -67,6 +78,11 @@ class LatestOnlyWorker(Generic[T]):
                     self._cond.wait()
                 if self._stop:
                     return
+                if self._freshness is not None:
+                    self._hold_for_fresher()
+                    if self._stop:
+                        return
+                    self._freshness.started(time.monotonic())
                 item = self._item
                 self._item, self._has_item = None, False
                 self._busy = True
@@ -79,3 +95,18 @@ class LatestOnlyWorker(Generic[T]):
             finally:
                 with self._cond:
                     self._busy = False
+
+    def _hold_for_fresher(self) -> None:
+        """Called with the lock held and an item waiting: wait for a newer one if the policy
+        says so; the newer one replaces the waiting one in submit()."""
+        hold = self._freshness.hold_until(self._item_since, time.monotonic())
+        if hold is None:
+            return
+        seen = self.submitted
+        while self.submitted == seen and not self._stop:
+            remaining = hold - time.monotonic()
+            if remaining <= 0:
+                return  # nothing newer came: the waiting item is processed after all
+            self._cond.wait(remaining)
+        if self.submitted != seen:
+            self.skipped_for_freshness += 1

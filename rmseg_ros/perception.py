@@ -17,6 +17,7 @@ import numpy as np
 from rmseg_ros import visualization
 from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.classes import ClassTable
+from rmseg_ros.freshness import FreshnessConfig
 from rmseg_ros.lidar_projection import labels_to_points
 from rmseg_ros.prepared_inputs import PreparedInputCache
 from rmseg_ros.preprocess import DegradedConfig, build_model_input, frame_from_messages
@@ -64,6 +65,7 @@ class PerceptionConfig:
     sync: SyncConfig = field(default_factory=SyncConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     checks: InputCheckConfig = field(default_factory=InputCheckConfig)
+    worker: FreshnessConfig = field(default_factory=FreshnessConfig)  # the node's scheduling
     degraded: DegradedConfig | None = None  # None: the checkpoint's thresholds
 
 

@@ -42,6 +42,7 @@ from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import share_path
 from rmseg_ros.diagnostics import PerceptionStats, statuses
+from rmseg_ros.freshness import FreshnessConfig, FreshnessPolicy
 from rmseg_ros.graph import (
     DEFAULT_WEIGHTS,
     PERCEPTION_PARAMETERS,
@@ -138,6 +139,7 @@ class PerceptionNode(LifecycleNode):
             self.cfg = PerceptionConfig(
                 sync=self.sync_cfg, output=section_from_parameters(OutputConfig, 'output', p),
                 checks=section_from_parameters(InputCheckConfig, 'checks', p),
+                worker=section_from_parameters(FreshnessConfig, 'worker', p),
                 degraded=degraded)
             self.T_cam_lidar_param = extrinsic_matrix(p['lidar_extrinsic'])
             for key in ('camera_transport', 'event_format', 'qos_reliability', 'backend',
@@ -193,7 +195,8 @@ class PerceptionNode(LifecycleNode):
             except (ValueError, OSError) as exc:
                 self.get_logger().error(f'activate failed: {exc}')
                 return FAILURE
-        self.worker = LatestOnlyWorker(self._process, self._on_worker_error, 'perception')
+        self.worker = LatestOnlyWorker(self._process, self._on_worker_error, 'perception',
+                                       FreshnessPolicy(self.cfg.worker))
         self._create_endpoints()
         self.get_logger().info('active: subscribed to ' + ', '.join(
             s.topic_name for s in self._subs))
@@ -478,6 +481,7 @@ class PerceptionNode(LifecycleNode):
                  'backend': getattr(self.segmenter, 'backend', ''),
                  'output_rate_hz': self.stats.rate_hz(now),
                  'skipped_frames': worker.skipped if worker else 0,
+                 'skipped_for_freshness': worker.skipped_for_freshness if worker else 0,
                  'active_pivot': sync_stats['active_pivot'],
                  'pivot_switches': sync_stats['pivot_switches'],
                  'pivots_dropped': sync_stats['pivots_dropped'],
