@@ -6,7 +6,9 @@ on CPU), the synthetic rig in another (as a camera driver does); this process on
   output_rate_hz      labels per second over the measurement window
   latency_p50_ms      header stamp -> labels received here (same clock, same machine)
   latency_p95_ms
-  forward_ms          the node's median model forward time (from its diagnostics)
+  forward_ms          the node's median model forward time over the same window (its
+                      diagnostics give medians over 200 outputs; those tiling the window are
+                      combined)
   overhead_p50_ms     latency_p50 - forward: sync wait, decoding, pre/post-processing, transport
   transport_loss_pct  sensor messages the rig published but the node never received
   labels_age_mean_ms  age of the newest labels here, averaged over time (rate and latency in one)
@@ -48,10 +50,13 @@ rclpy.init()
 node = SyntheticSensors(build_parser().parse_args(sys.argv[1:]))
 executor = SingleThreadedExecutor()
 executor.add_node(node)
-threading.Thread(target=executor.spin, daemon=True).start()
+spin = threading.Thread(target=executor.spin, daemon=True)
+spin.start()
 for line in sys.stdin:
     print(json.dumps(dict(node.count)), flush=True)
 executor.shutdown(timeout_sec=1)
+spin.join(1)
+node.destroy_node()
 rclpy.try_shutdown()
 """
 
@@ -60,6 +65,32 @@ def _rig_counts(rig: subprocess.Popen) -> dict[str, int]:
     rig.stdin.write('count\n')
     rig.stdin.flush()
     return json.loads(rig.stdout.readline())
+
+
+def _window_medians(history: list[dict[str, str]], outputs0: int) -> dict[str, str]:
+    """The node's medians over the measurement window, from its pipeline statuses.
+
+    Each status gives medians over its last STATS_WINDOW outputs; the statuses whose windows
+    tile the outputs since `outputs0` (the last one ends the run) are combined by the median of
+    their values, so forward time and latency come from the same stretch of time."""
+    from rmseg_ros.diagnostics import STATS_WINDOW
+
+    last = history[-1]
+    picked, next_end = [], outputs0 + STATS_WINDOW
+    for status in history:
+        outputs = int(status.get('outputs') or 0)
+        if outputs >= next_end and int(last['outputs']) - outputs >= STATS_WINDOW // 2:
+            picked.append(status)
+            next_end = outputs + STATS_WINDOW
+    picked.append(last)
+    merged = dict(last)
+    for key in last:
+        if key.endswith('_p50_ms'):
+            values = [float(s[key]) for s in picked if s.get(key)]
+            if values:
+                merged[key] = f'{np.median(values):.3f}'
+    merged['window_statuses'] = str(len(picked))
+    return merged
 
 
 def main() -> int:
@@ -113,6 +144,7 @@ def main() -> int:
     lock = threading.Lock()
     arrivals: list[tuple[float, float]] = []  # (monotonic, latency ms)
     diag: dict[str, dict[str, str]] = {}
+    history: list[dict[str, str]] = []  # every pipeline status received
 
     def on_labels(msg: Image) -> None:
         now = probe.get_clock().now().nanoseconds
@@ -124,6 +156,8 @@ def main() -> int:
         with lock:
             for st in msg.status:
                 diag[st.name] = {kv.key: kv.value for kv in st.values}
+                if st.name == 'perception: pipeline':
+                    history.append(diag[st.name])
 
     probe.create_subscription(Image, '/perception/labels', on_labels,
                               QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
@@ -150,6 +184,7 @@ def main() -> int:
             base = _rig_counts(rig)
             received0 = {m: int(diag.get(f'perception: modality {m}', {}).get('received', 0))
                          for m in base}
+            outputs0 = int(diag['perception: pipeline'].get('outputs') or 0)
         time.sleep(opts.seconds)
         t1 = time.monotonic()
         with lock:
@@ -162,7 +197,7 @@ def main() -> int:
             received_at = np.array([t for t, _ in arrivals if t0 <= t <= t1])
             received = {m: int(diag[f'perception: modality {m}']['received']) - received0[m]
                         for m in base}
-            pipeline = dict(diag['perception: pipeline'])
+            pipeline = _window_medians(history, outputs0)
     finally:
         if rig is not None and rig.poll() is None:
             rig.kill()
@@ -200,7 +235,8 @@ def main() -> int:
           f'{pipeline.get("skipped_for_freshness")}), '
           f'sync {"exact" if opts.exact else "low-latency"}, '
           f'LiDAR/event inputs built on arrival {pipeline.get("prepared_inputs_used")} '
-          f'(with the set {pipeline.get("prepared_inputs_missed")})',
+          f'(with the set {pipeline.get("prepared_inputs_missed")}), node medians from '
+          f'{pipeline["window_statuses"]} diagnostics',
           file=sys.stderr)
     return 0
 

@@ -40,12 +40,13 @@ def _fmt(value: Any) -> str:
 #: (driver, transport, synchroniser; by the node's clock), waiting for the worker, decoding and
 #: building the model input, the model, labels -> outputs, serialising and publishing.
 STAGES = ('receive', 'wait', 'preprocess', 'forward', 'postprocess', 'publish')
+STATS_WINDOW = 200  # outputs that the medians in /diagnostics are taken over
 
 
 class PerceptionStats:
     """Thread-safe counters and recent timings (bounded windows)."""
 
-    def __init__(self, window: int = 200) -> None:
+    def __init__(self, window: int = STATS_WINDOW) -> None:
         self._lock = threading.Lock()
         self.problems: Counter[tuple[str, str]] = Counter()  # (modality, kind) -> count
         self.latency_ms: deque[float] = deque(maxlen=window)  # pivot arrival -> published

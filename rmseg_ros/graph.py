@@ -140,9 +140,10 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
               'than this behind the nearest point on its pixel is occluded (label 255).'),
     # inference worker scheduling (rmseg_ros.freshness.FreshnessConfig)
     ParamSpec('worker.max_wait_s', _FRESH.max_wait_s, 'A complete set that waited longer than '
-              'this (s) for the busy worker is skipped for the next one when that keeps '
-              'worker.min_rate_hz (lower latency when inference is slower than the camera); '
-              '0 = off, always the newest set at once.'),
+              'this (s) for the busy worker, and longer than the next set is still away, is '
+              'skipped for that next one while the output rate stays >= worker.min_rate_hz '
+              '(fresher output when inference is slower than the camera); 0 = off, always the '
+              'newest set at once.'),
     ParamSpec('worker.min_rate_hz', _FRESH.min_rate_hz, 'Output rate (Hz) below which waited '
               'sets are processed rather than skipped for fresher ones.'),
     # input checks (rmseg_ros.perception.InputCheckConfig)
