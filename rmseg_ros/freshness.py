@@ -36,7 +36,7 @@ __all__ = ['FreshnessConfig', 'FreshnessPolicy', 'mean_age_of_information']
 
 @dataclass
 class FreshnessConfig:
-    max_wait_s: float = 0.010  # a set that waited longer is skipped for the next one; 0 = off
+    max_wait_s: float = 0.010  # waited longer (and longer than the next is away): skip; 0 = off
     min_rate_hz: float = 20.0  # ... unless the output rate would fall below this
     window: int = 15  # starts (and arrivals) the rate and period are estimated over
 
