@@ -193,8 +193,7 @@ def main() -> int:
         rig.wait(10)
         time.sleep(1.5)
         with lock:
-            window = [lat for t, lat in arrivals if t0 <= t <= t1]
-            received_at = np.array([t for t, _ in arrivals if t0 <= t <= t1])
+            window = [(t, lat) for t, lat in arrivals if t0 <= t <= t1]
             received = {m: int(diag[f'perception: modality {m}']['received']) - received0[m]
                         for m in base}
             pipeline = _window_medians(history, outputs0)
@@ -208,7 +207,7 @@ def main() -> int:
     if not window:
         print('no labels arrived in the window', file=sys.stderr)
         return 1
-    lat = np.array(window)
+    received_at, lat = np.array(window).T
     forward = float(pipeline['forward_p50_ms'])
     sent = sum(published.values())
     lost = max(0, sent - sum(min(received[m], published[m]) for m in published))
