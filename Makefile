@@ -53,7 +53,7 @@ bench: setup  ## every benchmark script, one figure per line
 
 # The default data set (deterministic from the seeds; regenerated, never committed).
 DATA ?= data
-DATA_SCENES ?= 40
+DATA_SCENES ?= 120
 DATA_FRAMES ?= 30
 TRAIN := $(PY) -m training.cli
 
@@ -62,27 +62,51 @@ data: setup  ## render the default sim data set and cache its shards (data/)
 	for split in train val test; do \
 	  $(TRAIN) dataset --bags $(DATA)/sim/$$split --out $(DATA)/cache/$$split; done
 
-# RMMSS on the default data (DESIGN.md section 5). *_STEPS override the config's budgets.
+# RMMSS on the default data (DESIGN.md section 5; budgets in the config). The teacher is shared;
+# every seed of SEEDS trains its own robust (HPDM) model, compute-matched dropout-only baseline
+# (robust + FSM steps) and FSM student; the first seed's student is shipped. Each run resumes
+# and a finished one is skipped. On 2 cores: `make -j2 weights TRAIN_THREADS=1` (one torch
+# thread per job: two jobs with two threads each oversubscribe the cores).
 RMMSS ?= training/configs/rmmss.yaml
 RUNS ?= runs/rmmss
+SEEDS ?= 0 1 2
+TRAIN_THREADS ?= 0
+TRAIN_OPTS = --set run.threads=$(TRAIN_THREADS) $(if $(filter-out 0,$(TRAIN_THREADS)),--set run.num_workers=0)
 steps = $(if $(1),--steps $(1))
-weights: setup  ## RMMSS: teacher -> robust (HPDM) + dropout-only baseline -> FSM student (runs/)
-	$(TRAIN) teacher --config $(RMMSS) --out $(RUNS)/teacher $(call steps,$(TEACHER_STEPS))
-	$(TRAIN) robust --config $(RMMSS) --out $(RUNS)/robust \
-	  --teacher $(RUNS)/teacher/model.safetensors $(call steps,$(ROBUST_STEPS))
-	$(TRAIN) robust --config $(RMMSS) --out $(RUNS)/dropout --no-distill \
-	  --teacher $(RUNS)/teacher/model.safetensors $(call steps,$(ROBUST_STEPS))
-	$(TRAIN) fsm --config $(RMMSS) --out $(RUNS)/fsm --teacher $(RUNS)/teacher/model.safetensors \
-	  --robust $(RUNS)/robust/model.safetensors $(call steps,$(FSM_STEPS))
-	$(TRAIN) export --config $(RMMSS) --checkpoint $(RUNS)/fsm --out weights/rmmss_student.safetensors
+SHIP_SEED = $(firstword $(SEEDS))
+MODELS_OF = $(RUNS)/seed$(1)/robust/model.safetensors $(RUNS)/seed$(1)/dropout/model.safetensors \
+  $(RUNS)/seed$(1)/fsm/model.safetensors
 
-# Evenly spaced test samples per evaluation (0: all); each evaluation makes ~63 passes.
-EVAL_SAMPLES ?= 60
-results: setup  ## evaluate the four RMMSS models on the test split (runs/rmmss/eval_*)
-	for m in teacher dropout robust fsm; do \
-	  $(TRAIN) evaluate --config $(RMMSS) --checkpoint $(RUNS)/$$m/model.safetensors \
-	    --shards '$(DATA)/cache/test/*' --out $(RUNS)/eval_$$m --max-samples $(EVAL_SAMPLES); done
-	$(PY) -m training.rmmss.report --runs $(RUNS) --docs docs
+$(RUNS)/teacher/model.safetensors:
+	$(TRAIN) teacher --config $(RMMSS) --out $(RUNS)/teacher $(TRAIN_OPTS) $(call steps,$(TEACHER_STEPS))
+$(RUNS)/seed%/robust/model.safetensors: $(RUNS)/teacher/model.safetensors
+	$(TRAIN) robust --config $(RMMSS) --out $(@D) --seed $* --teacher $< $(TRAIN_OPTS)
+$(RUNS)/seed%/dropout/model.safetensors: $(RUNS)/teacher/model.safetensors
+	$(TRAIN) robust --config $(RMMSS) --out $(@D) --seed $* --teacher $< --no-distill --matched \
+	  $(TRAIN_OPTS)
+$(RUNS)/seed%/fsm/model.safetensors: $(RUNS)/teacher/model.safetensors $(RUNS)/seed%/robust/model.safetensors
+	$(TRAIN) fsm --config $(RMMSS) --out $(@D) --seed $* --teacher $< \
+	  --robust $(RUNS)/seed$*/robust/model.safetensors $(TRAIN_OPTS)
+
+weights: setup $(foreach s,$(SEEDS),$(call MODELS_OF,$(s)))  ## RMMSS: teacher -> per seed: robust (HPDM), compute-matched dropout-only baseline, FSM student -> weights/
+	$(TRAIN) export --config $(RMMSS) --checkpoint $(RUNS)/seed$(SHIP_SEED)/fsm \
+	  --out weights/rmmss_student.safetensors
+
+# Test samples per evaluation (0: all). Every model: all modalities + the 15 subsets; the
+# shipped seed's models and the teacher also get RMM, NM and the sensor failures.
+EVAL_SAMPLES ?= 0
+EVAL = $(TRAIN) evaluate --config $(RMMSS) --shards '$(DATA)/cache/test/*' --max-samples $(EVAL_SAMPLES)
+$(RUNS)/eval_teacher/eval.json: $(RUNS)/teacher/model.safetensors
+	$(EVAL) --checkpoint $< --out $(@D)
+$(RUNS)/seed%/eval_robust/eval.json: $(RUNS)/seed%/robust/model.safetensors
+	$(EVAL) --checkpoint $< --out $(@D) $(if $(filter $*,$(SHIP_SEED)),,--cases full,subsets --missing remove)
+$(RUNS)/seed%/eval_dropout/eval.json: $(RUNS)/seed%/dropout/model.safetensors
+	$(EVAL) --checkpoint $< --out $(@D) $(if $(filter $*,$(SHIP_SEED)),,--cases full,subsets --missing remove)
+$(RUNS)/seed%/eval_fsm/eval.json: $(RUNS)/seed%/fsm/model.safetensors
+	$(EVAL) --checkpoint $< --out $(@D) $(if $(filter $*,$(SHIP_SEED)),,--cases full,subsets --missing remove)
+
+results: setup $(RUNS)/eval_teacher/eval.json $(foreach s,$(SEEDS),$(RUNS)/seed$(s)/eval_robust/eval.json $(RUNS)/seed$(s)/eval_dropout/eval.json $(RUNS)/seed$(s)/eval_fsm/eval.json)  ## evaluate the RMMSS models on the test split -> docs/results (per-class tables, seeds' mean and s.e.)
+	$(PY) -m training.rmmss.report --runs $(RUNS) --seeds $(SEEDS) --docs docs
 
 ROBULT ?= training/configs/robult.yaml
 robult-results: setup  ## Robult vs supervised-only at 10/50% labels + inside RMMSS robust (resumes) -> docs/results

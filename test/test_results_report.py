@@ -1,43 +1,88 @@
-"""The RMMSS results report: every figure in results.md comes from results.json's section, and
-rewriting replaces only that section."""
+"""The RMMSS results report: every figure in results.md comes from results.json's section, seeds
+are averaged with their standard error, per-class tables are written, and rewriting replaces
+only that section."""
 
 import json
+import math
+
+import pytest
 
 from rmseg_ros.modalities import all_subsets, subset_name
 from training.rmmss import report
 
+CLASSES = ['floor', 'mug']
 
-def _eval(base: float) -> dict:
-    subsets = {subset_name(s): {'miou': base + 0.01 * i} for i, s in enumerate(all_subsets())}
+
+def _score(miou: float) -> dict:
+    return {'miou': miou, 'iou': {'floor': miou + 0.1, 'mug': miou - 0.1}}
+
+
+def _eval(base: float, full_protocol: bool = True) -> dict:
+    subsets = {subset_name(s): _score(base + 0.01 * i) for i, s in enumerate(all_subsets())}
     table = {'subsets': subsets, 'mean_miou': sum(v['miou'] for v in subsets.values()) / 15}
-    return {'samples': 60, 'full': {'miou': base + 0.14}, 'emm': {'remove': table, 'zero': table},
-            'rmm': {'mean_miou': base}, 'nm': {'mean_miou': base / 2},
-            'failures': {'motion_blur': {'miou': base / 3}}}
+    ev = {'samples': 60, 'classes': CLASSES, 'full': _score(base + 0.14),
+          'emm': {'remove': table}}
+    if full_protocol:
+        ev['emm']['zero'] = table
+        ev.update({'rmm': {'mean_miou': base}, 'nm': {'mean_miou': base / 2},
+                   'failures': {'motion_blur': {'miou': base / 3}}})
+    return ev
+
+
+def _write(path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data) if isinstance(data, dict) else data)
+
+
+def _runs(tmp_path):
+    runs = tmp_path / 'runs'
+    _write(runs / 'eval_teacher' / 'eval.json', _eval(0.3))
+    _write(runs / 'teacher' / 'config.yaml', 'run: {steps: 123}\n')
+    _write(runs / 'teacher' / 'metrics.jsonl', '\n'.join(json.dumps(
+        {'split': 'val', 'step': s, 'miou_mean': v}) for s, v in
+        ((50, 0.2), (80, 0.4), (100, 0.41))) + '\n')
+    for seed, base in ((0, 0.40), (1, 0.42), (2, 0.47)):
+        _write(runs / f'seed{seed}' / 'eval_fsm' / 'eval.json', _eval(base, seed == 0))
+        _write(runs / f'seed{seed}' / 'fsm' / 'config.yaml', 'run: {steps: 7}\n')
+        _write(runs / f'seed{seed}' / 'eval_dropout' / 'eval.json', _eval(base - 0.02, seed == 0))
+    return runs
 
 
 def test_report_writes_json_and_markdown_section(tmp_path):
-    runs = tmp_path / 'runs'
-    for i, run in enumerate(['teacher', 'fsm']):
-        (runs / f'eval_{run}').mkdir(parents=True)
-        (runs / f'eval_{run}' / 'eval.json').write_text(json.dumps(_eval(0.3 + 0.1 * i)))
-        (runs / run).mkdir()
-        (runs / run / 'config.yaml').write_text('run: {steps: 123}\n')
+    runs = _runs(tmp_path)
     docs = tmp_path / 'docs'
-    (docs).mkdir()
-    (docs / 'results.md').write_text('# Results\n\nother section stays\n')
-    (docs / 'results.json').write_text(json.dumps({'other': {'x': 1}}))
-    assert report.main(['--runs', str(runs), '--docs', str(docs)]) == 0
+    _write(docs / 'results.md', '# Results\n\nother section stays\n')
+    _write(docs / 'results.json', {'other': {'x': 1}})
+    assert report.main(['--runs', str(runs), '--docs', str(docs), '--seeds', '0', '1', '2']) == 0
     data = json.loads((docs / 'results.json').read_text())
     assert data['other'] == {'x': 1}
     fig = data['rmmss']
-    assert fig['teacher_full_miou'] == 44.0 and fig['fsm_full_miou'] == 54.0
-    assert fig['fsm_subset_mean'] == round(100 * (0.4 + 0.07), 2)
-    assert fig['teacher_train_steps'] == 123 and 'dropout_subset_mean' not in fig
+    assert fig['seeds'] == [0, 1, 2] and fig['teacher_full_miou'] == 44.0
+    # seeds: full mIoU 54, 56, 61 -> mean 57, s.e. = std(ddof=1) / sqrt(3)
+    assert fig['fsm_full_miou_per_seed'] == [54.0, 56.0, 61.0]
+    assert fig['fsm_full_miou'] == pytest.approx(57.0)
+    se = math.sqrt(((54 - 57) ** 2 + (56 - 57) ** 2 + (61 - 57) ** 2) / 2) / math.sqrt(3)
+    assert fig['fsm_full_miou_se'] == pytest.approx(round(se, 2))
+    assert fig['fsm_class_iou'] == {'floor': pytest.approx(67.0), 'mug': pytest.approx(47.0)}
+    assert fig['dropout_matched_subset_mean'] == fig['dropout_subset_mean']
+    assert fig['fsm_subset_mean_se'] == fig['dropout_matched_subset_mean_se']  # same spread
+    assert fig['fsm_minus_dropout_subset_mean'] == pytest.approx(2.0)
+    assert fig['teacher_train_steps'] == 123 and fig['fsm_train_steps'] == 7
+    assert fig['fsm_rmm_mean'] == 40.0  # the full protocol of the shipped (first) seed
+    assert fig['val_last_fifth_change'] == {'teacher': pytest.approx(1.0)}  # 41 - 40 at step 80
     md = (docs / 'results.md').read_text()
-    assert 'other section stays' in md
-    assert f'{fig["fsm_subset_mean"]:.2f}' in md and f'{fig["teacher_rmm_mean"]:.2f}' in md
-    report.main(['--runs', str(runs), '--docs', str(docs)])
+    assert 'other section stays' in md and (docs / report.CURVE_FILE).exists()
+    assert f'{fig["fsm_subset_mean"]:.2f} ± {fig["fsm_subset_mean_se"]:.2f}' in md
+    assert 'IoU per class, all modalities' in md and 'IoU per class, RGB alone' in md
+    assert '| mug | ' in md and f'{fig["teacher_rmm_mean"]:.2f}' in md
+    report.main(['--runs', str(runs), '--docs', str(docs), '--seeds', '0', '1', '2'])
     assert (docs / 'results.md').read_text() == md  # idempotent: the section is replaced
+
+
+def test_mean_and_standard_error():
+    assert report.mean_se([1.0, None, 3.0]) == (2.0, 1.0)
+    assert report.mean_se([5.0]) == (5.0, None)
+    assert report.mean_se([None]) == (None, None)
 
 
 def test_report_without_evaluations_fails(tmp_path):

@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 from torch import nn
+from training_checks import assert_thread_policy_applied
 
 from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.modalities import MODALITIES, input_channels
@@ -507,6 +508,8 @@ def test_smoke_pipeline_teacher_robust_fsm_evaluate_export(pipeline_config, caps
         assert [r['step'] for r in train] == [1, 2, 3, 4]
         assert any(r['split'] == 'val' and 'miou_RDLE' in r for r in records)
         assert (runs / stage / 'model.safetensors').exists()
+        record = assert_thread_policy_applied(runs / stage)
+        assert record['channels_last'] is True  # rmmss.yaml: channels-last, bf16 where native
     robust_logs = [r for r in _metrics(runs / 'robust') if r['split'] == 'train']
     assert all('pixel_kl' in r and 'proto_cross' in r for r in robust_logs)
     assert all('pixel_kl' not in r for r in _metrics(runs / 'baseline') if r['split'] == 'train')
@@ -534,6 +537,15 @@ def test_smoke_pipeline_teacher_robust_fsm_evaluate_export(pipeline_config, caps
                                        'lidar_jitter', 'low_res_events'}
     md = (runs / 'eval' / 'eval.md').read_text()
     assert '| RDLE |' in md and 'remove' in md and 'zero' in md
+    assert '## IoU per class' in md and '| floor |' in md
+    # a quick evaluation: the all-modality case alone, its per-class table printed
+    capsys.readouterr()
+    assert main(['evaluate', *cfg, '--out', str(runs / 'eval_full'), '--cases', 'full']) == 0
+    printed = capsys.readouterr().out
+    quick = json.loads((runs / 'eval_full' / 'eval.json').read_text())
+    assert quick['cases'] == ['full'] and 'emm' not in quick and 'rmm' not in quick
+    assert quick['full'] == result['full']  # the same all-modality score as the full protocol
+    assert '| class | RDLE |' in printed and '| duck |' in printed
 
     assert main(['export', *cfg, '--checkpoint', str(runs / 'fsm'),
                  '--out', str(runs / 'export' / 'student.safetensors')]) == 0

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from training_checks import assert_thread_policy_applied
 
 from training.robotseg.clips import ClipDataset, Video, load_videos, log_uniform, read_video
 from training.robotseg.config import AugmentConfig, DataConfig, FlowConfig, load_config
@@ -259,6 +260,7 @@ def test_smoke_train_resume_export_evaluate_report(tmp_path: Path, monkeypatch) 
         '\n') if x]
     steps = [m['step'] for m in metrics if m.get('split') == 'train']
     assert steps == [1, 2, 3, 4, 5]  # resumed after step 3, no step trained twice
+    assert_thread_policy_applied(tmp_path / 'run')
     summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
     assert summary['labelled_frames'] == 3 and summary['frames'] == 12  # 3 clips of 4 frames
     _model, meta = load_robotseg(tmp_path / 'run' / 'model.safetensors')

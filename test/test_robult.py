@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from training_checks import assert_thread_policy_applied
 
 from rmseg_ros.modalities import INDEX, MODALITIES, input_channels
 from rmseg_ros.models.fusion import FusionConfig, FusionSegNet
@@ -509,6 +510,8 @@ def test_smoke_robult_stage_baseline_and_rmmss_switch(robult_config):
     assert [r['step'] for r in train] == [1, 2, 3, 4]
     assert all({'pu_labelled', 'pu_unlabelled', 'recon'} <= set(r) for r in train)
     assert all('pu_labelled' not in r for r in _metrics(runs / 'sup'))
+    for run in ('robult', 'sup'):
+        assert_thread_policy_applied(runs / run)
     for run in ('robult', 'sup'):  # the deployable is the plain fusion network
         model, meta = load_model(runs / run / 'model.safetensors')
         assert meta['arch'] == 'fusion' and isinstance(model, FusionSegNet)

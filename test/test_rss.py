@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from training_checks import assert_thread_policy_applied
 
 from training.evaluate import confusion_matrix, mean_iou
 from training.rss import advantages as adv
@@ -339,6 +340,7 @@ def test_rmseg_train_rss_smoke_run_and_cold_start(rss_config, supervised_init, l
     assert 0.0 <= summary['test']['miou'] <= 1.0
     records = [json.loads(x) for x in (runs / level / 'metrics.jsonl').read_text().splitlines()]
     assert all(math.isfinite(r['loss']) and 'reward' in r and 'kl' in r for r in records)
+    assert_thread_policy_applied(runs / level)
     start, _ = read_checkpoint(init)
     end, meta = read_checkpoint(runs / level / 'model.safetensors')
     assert meta['arch'] == 'fusion' and meta['frontend']['height'] == 48

@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest='stage', required=True, metavar='STAGE')
     for name, (_, help_text) in STAGES.items():
-        stage = sub.add_parser(name, help=help_text, description=help_text)
+        # -h reaches the stage's own parser too (main), which lists the stage's options
+        stage = sub.add_parser(name, help=help_text, description=help_text, add_help=False)
+        stage.add_argument('-h', '--help', action='store_true',
+                           help='show the common and the stage\'s own options, then exit')
         stage.add_argument('--config', help='YAML config of the stage')
         stage.add_argument('--out', help='run directory (config, metrics, checkpoints)')
         stage.add_argument('--smoke', action='store_true', help='seconds-long run for tests')
@@ -47,7 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, extra = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.help:  # common options first, then the stage's parser prints its own and exits
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        print(sub.choices[args.stage].format_help())
+        print(f'options of rmseg-train {args.stage}:')
+        sys.stdout.flush()
+        extra = ['--help']
     from rmseg_ros.runtime import tune_malloc
 
     tune_malloc()

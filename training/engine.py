@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -40,8 +41,11 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
+from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
+
+from training.run import machine
 
 log = logging.getLogger('rmseg-train')
 
@@ -53,8 +57,8 @@ RNG_PREFIX = 'rng/'
 # config keys (or sections) that may change when a run is resumed: they do not change what is
 # trained, only how long, where and how it is observed
 RESUME_IGNORE = ('run.steps', 'run.device', 'run.num_workers', 'run.progress', 'run.log_every',
-                 'run.ckpt_every', 'run.keep_checkpoints', 'run.val_every', 'validate',
-                 'evaluate')
+                 'run.ckpt_every', 'run.keep_checkpoints', 'run.val_every', 'run.threads',
+                 'run.interop_threads', 'run.channels_last', 'validate', 'evaluate')
 
 
 # ----------------------------------------------------------------------------- configs
@@ -77,7 +81,17 @@ class OptimConfig:
 class RunConfig:
     steps: int = 1000  # optimiser steps of the whole run
     batch_size: int = 4  # per process
-    num_workers: int = 2
+    # data-loader worker processes; -1 = one when a core is left beside the torch threads
+    # (training.run.machine), else 0 (loading in the training process)
+    num_workers: int = -1
+    threads: int = 0  # torch intra-op threads per process; 0 = all cores but one over the ranks
+    interop_threads: int = 1
+    channels_last: bool = False  # model and 4-D inputs in NHWC (faster convolutions on CPU)
+    amp: str = 'off'  # auto (bf16 where the CPU has it) | bf16 | off
+    # optional low-resolution phase: the first `lowres_steps` steps see every 2-D map of the
+    # batch (inputs and labels) scaled by `lowres_scale` (nearest neighbour)
+    lowres_steps: int = 0
+    lowres_scale: float = 0.5
     log_every: int = 10
     ckpt_every: int = 200
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
@@ -98,6 +112,24 @@ def deep_merge(base: dict, override: dict) -> dict:
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_set(assignments: list[str]) -> dict:
+    """`--set` values: ['a.b=1', 'c=[x, y]'] -> {'a': {'b': 1}, 'c': ['x', 'y']} (values parsed
+    as YAML; later assignments win; a mapping value replaces, as any override does)."""
+    out: dict = {}
+    for item in assignments:
+        key, sep, value = item.partition('=')
+        if not sep or not key.strip():
+            raise ValueError(f'--set expects KEY=VALUE, got {item!r}')
+        node: dict = {}
+        leaf = node
+        parts = key.strip().split('.')
+        for p in parts[:-1]:
+            leaf = leaf.setdefault(p, {})
+        leaf[parts[-1]] = yaml.safe_load(value)
+        out = deep_merge(out, node)
     return out
 
 
@@ -228,6 +260,43 @@ def move_to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, list | tuple):
         return type(batch)(move_to(v, device) for v in batch)
     return batch
+
+
+def scale_maps(batch: Any, scale: float) -> Any:
+    """Every 3-D / 4-D tensor of a batch whose last two dims are the batch's image size,
+    resized by `scale` with nearest neighbour (inputs, validity masks and labels alike: no
+    value is blended across an edge)."""
+    hw = _image_size(batch)
+    if hw is None:
+        return batch
+    size = (max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale)))
+
+    def one(x: Any) -> Any:
+        if isinstance(x, torch.Tensor) and x.dim() in (3, 4) and tuple(x.shape[-2:]) == hw:
+            y = x[:, None] if x.dim() == 3 else x
+            y = F.interpolate(y.float() if not y.is_floating_point() else y, size=size,
+                              mode='nearest')
+            y = y[:, 0] if x.dim() == 3 else y
+            return y.to(x.dtype)
+        if isinstance(x, dict):
+            return {k: one(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return type(x)(one(v) for v in x)
+        return x
+
+    return one(batch)
+
+
+def _image_size(batch: Any) -> tuple[int, int] | None:
+    if isinstance(batch, torch.Tensor):
+        return tuple(batch.shape[-2:]) if batch.dim() == 4 else None
+    values = batch.values() if isinstance(batch, dict) else batch \
+        if isinstance(batch, list | tuple) else ()
+    for v in values:
+        hw = _image_size(v)
+        if hw is not None:
+            return hw
+    return None
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -444,7 +513,12 @@ class Trainer:
                  on_checkpoint: Callable[[nn.Module, int], None] | None = None,
                  resume_ignore: tuple[str, ...] = RESUME_IGNORE) -> None:
         self.ctx = ctx or DistContext(device=resolve_device(run.device))
+        self.threads = machine.apply_thread_policy(run.threads, run.interop_threads,
+                                                   self._workers(run), self.ctx.world_size)
+        self.amp_dtype = machine.autocast_dtype(run.amp, self.ctx.device)
         self.model = model.to(self.ctx.device)
+        if run.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = loss_fn
         self.train_set = train_set
         self.run = run
@@ -471,6 +545,43 @@ class Trainer:
                 else None, find_unused_parameters=run.find_unused_parameters)
         else:
             self.ddp = self.model
+
+    def _workers(self, run: RunConfig) -> int:
+        if run.num_workers >= 0:
+            return run.num_workers
+        threads = machine.intra_op_threads(run.threads, self.ctx.world_size)
+        spare = machine.usable_cores() - threads * self.ctx.world_size
+        return 1 if spare >= self.ctx.world_size else 0
+
+    def _prepare_batch(self, batch: Any, step: int) -> Any:
+        """Device, the low-resolution phase, memory format."""
+        batch = move_to(batch, self.ctx.device)
+        if step <= self.run.lowres_steps and self.run.lowres_scale != 1.0:
+            batch = scale_maps(batch, self.run.lowres_scale)
+        if self.run.channels_last:
+            batch = machine.to_channels_last(batch)
+        return batch
+
+    def _loss(self, batch: Any, sctx: StepContext) -> tuple[torch.Tensor, dict[str, Any]]:
+        if self.amp_dtype is None:
+            return self.loss_fn(self.ddp, batch, sctx)
+        with torch.autocast(self.ctx.device.type, dtype=self.amp_dtype):
+            loss, logs = self.loss_fn(self.ddp, batch, sctx)
+        return loss.float(), logs
+
+    def train_step(self, batch: Any, sctx: StepContext) -> tuple[torch.Tensor, dict[str, Any]]:
+        """One optimiser step on one batch (device, memory format, autocast, clipping): what
+        `fit` does per batch, and what bench/train.py times without the data loading."""
+        batch = self._prepare_batch(batch, sctx.step)
+        loss, logs = self._loss(batch, sctx)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f'loss is {loss.item()} at step {sctx.step}')
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.optim_cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.optim_cfg.grad_clip)
+        self.optimizer.step()
+        return loss, logs
 
     # -- run directory
     def _prepare_run_dir(self) -> None:
@@ -550,10 +661,13 @@ class Trainer:
 
     def _loader(self, sampler: ResumableSampler) -> DataLoader:
         gen = torch.Generator().manual_seed(_step_seed(self.run.seed, -1, self.epoch))
+        workers = self.threads.loader_workers
         return DataLoader(self.train_set, batch_size=self.run.batch_size, sampler=sampler,
-                          num_workers=self.run.num_workers, collate_fn=self.collate_fn,
+                          num_workers=workers, collate_fn=self.collate_fn,
                           pin_memory=self.ctx.device.type == 'cuda', generator=gen,
-                          drop_last=False)
+                          drop_last=False, persistent_workers=False,
+                          worker_init_fn=machine.loader_worker_init if workers else None,
+                          prefetch_factor=2 if workers else None)
 
     def _validate(self) -> dict[str, float]:
         result: dict[str, float] = {}
@@ -577,9 +691,24 @@ class Trainer:
         n = max(values[-1].item(), 1.0)
         return {k: values[i].item() / n for i, k in enumerate(keys)}
 
+    def machine_record(self) -> dict[str, Any]:
+        """How this process runs (written to <run>/machine.json at every start)."""
+        return {'intra_op_threads': torch.get_num_threads(),
+                'inter_op_threads': torch.get_num_interop_threads(),
+                'loader_workers': self.threads.loader_workers,
+                'policy': dataclasses.asdict(self.threads),
+                'channels_last': self.run.channels_last,
+                'amp': str(self.amp_dtype).replace('torch.', '') if self.amp_dtype else 'off',
+                'device': str(self.ctx.device), 'world_size': self.ctx.world_size,
+                'cpu_capability': torch.backends.cpu.get_cpu_capability(),
+                'usable_cores': machine.usable_cores()}
+
     def fit(self) -> TrainResult:
         run = self.run
         self._prepare_run_dir()
+        if self.ctx.is_main:
+            atomic_write_text(self.out / 'machine.json',
+                              json.dumps(self.machine_record(), indent=1))
         self._resume()
         sampler = ResumableSampler(self.train_set, self.ctx.world_size, self.ctx.rank, run.seed)
         if len(self.train_set) == 0 or sampler.num_samples == 0:
@@ -606,15 +735,7 @@ class Trainer:
                 gen = torch.Generator(device='cpu').manual_seed(
                     _step_seed(run.seed, self.ctx.rank, step))
                 sctx = StepContext(step, self.epoch, gen, self.ctx.device, self.model)
-                batch = move_to(batch, self.ctx.device)
-                loss, logs = self.loss_fn(self.ddp, batch, sctx)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f'loss is {loss.item()} at step {step}')
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.optim_cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.trainable, self.optim_cfg.grad_clip)
-                self.optimizer.step()
+                loss, logs = self.train_step(batch, sctx)
                 self.step = step
                 self.batch_in_epoch += 1
                 if self.batch_in_epoch >= batches_in_epoch:

@@ -54,6 +54,9 @@ MISSING_SEMANTICS = {
 }
 SUBSETS: dict[str, tuple[str, ...]] = {subset_name(s): s for s in all_subsets()}
 FULL = subset_name(MODALITIES)
+# what `--cases` selects (forward passes per batch: full 1, subsets 15 per missing mode,
+# rmm 14, nm 14, failures 1 per failure); all of them is the complete protocol
+CASES = ('full', 'subsets', 'rmm', 'nm', 'failures')
 FAILURE_CASES = ('motion_blur', 'over_exposure', 'under_exposure', 'lidar_jitter',
                  'low_res_events')
 VALUE_RANGE = {'depth': (0.0, 1.0), 'lidar': (0.0, 1.0), 'event': (-1.0, 1.0)}
@@ -206,9 +209,10 @@ def _loader(dataset, batch_size: int) -> DataLoader:
 
 @torch.no_grad()
 def subset_mious(model: nn.Module, dataset, subsets: Sequence[str], num_classes: int,
-                 device: torch.device, batch_size: int = 4, missing: str = 'remove'
-                 ) -> dict[str, float | None]:
-    """mIoU per named subset and their mean (the validation score during training)."""
+                 device: torch.device, batch_size: int = 4, missing: str = 'remove',
+                 classes: Sequence[str] | None = None) -> dict[str, float | None]:
+    """mIoU per named subset and their mean (the validation score during training); with
+    `classes`, also the IoU of each class in the first subset (`iou_<subset>_<class>`)."""
     cms = {s: torch.zeros(num_classes, num_classes, dtype=torch.int64) for s in subsets}
     for batch in _loader(dataset, batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -219,6 +223,10 @@ def subset_mious(model: nn.Module, dataset, subsets: Sequence[str], num_classes:
                         cms[s])
     out: dict[str, float | None] = {f'miou_{s}': _num(mean_iou(cm)) for s, cm in cms.items()}
     out['miou_mean'] = _mean(list(out.values()))
+    if classes is not None and subsets:
+        first = subsets[0]
+        for c, v in zip(classes, iou_per_class(cms[first]), strict=True):
+            out[f'iou_{first}_{c}'] = _num(v)
     return out
 
 
@@ -228,8 +236,15 @@ def evaluate_model(model: nn.Module, dataset, classes: Sequence[str], frontend: 
                    missing_modes: Sequence[str] = ('remove', 'zero'),
                    failure_cases: Sequence[str] = FAILURE_CASES, rmm_fraction: float = 0.5,
                    nm_sigma: float = 0.1, nm_salt_pepper: float = 0.05, seed: int = 0,
-                   progress: bool = True) -> dict[str, Any]:
-    """Every case of the module docstring over `dataset` (a ShardDataset without augmentation)."""
+                   progress: bool = True, cases: Sequence[str] = CASES) -> dict[str, Any]:
+    """The selected `cases` (CASES; the module docstring defines each) over `dataset` (a
+    ShardDataset without augmentation). Cases not selected are absent from the result ('full'
+    alone scores only the all-modality subset, with the first missing mode)."""
+    unknown_cases = set(cases) - set(CASES)
+    if unknown_cases:
+        raise ValueError(f'unknown cases {sorted(unknown_cases)}; known: {list(CASES)}')
+    if 'failures' not in cases:
+        failure_cases = ()
     model.eval()
     k = len(classes)
     known = [f for f in TENSOR_FAILURES if failures.FAILURES.get(f) in MODALITIES]
@@ -238,10 +253,12 @@ def evaluate_model(model: nn.Module, dataset, classes: Sequence[str], frontend: 
         raise ValueError(f'unknown failure cases {sorted(unknown)}; known: {known}')
     corrupt = Corrupter(frontend, seed, rmm_fraction, nm_sigma, nm_salt_pepper)
     new = lambda: torch.zeros(k, k, dtype=torch.int64)  # noqa: E731
-    emm = {mode: {s: new() for s in SUBSETS} for mode in missing_modes}
+    scored = list(SUBSETS) if 'subsets' in cases else [FULL] if 'full' in cases else []
+    modes = list(missing_modes) if 'subsets' in cases else list(missing_modes[:1])
+    emm = {mode: {s: new() for s in scored} for mode in modes}
     partial = [s for s in SUBSETS if s != FULL]
-    rmm = {s: new() for s in partial}
-    nm = {s: new() for s in partial}
+    rmm = {s: new() for s in partial} if 'rmm' in cases else {}
+    nm = {s: new() for s in partial} if 'nm' in cases else {}
     fail = {f: new() for f in failure_cases}
     samples = 0
     for batch in tqdm(_loader(dataset, batch_size), desc='evaluate', unit='batch',
@@ -252,15 +269,18 @@ def evaluate_model(model: nn.Module, dataset, classes: Sequence[str], frontend: 
         pres, labels = batch['presence'], batch['labels']
         for s, names in SUBSETS.items():
             mask = torch.from_numpy(presence_from_names(names)).to(device)
-            for mode in missing_modes:
-                _accumulate(model, inputs, pres & mask, labels, mode, emm[mode][s])
+            for mode in modes:
+                if s in emm[mode]:
+                    _accumulate(model, inputs, pres & mask, labels, mode, emm[mode][s])
             if s == FULL:
                 continue
             absent = [m for m in MODALITIES if m not in names]
-            _accumulate(model, _per_sample(batch, absent, corrupt.rmm), pres, labels, 'remove',
-                        rmm[s])
-            _accumulate(model, _per_sample(batch, absent, corrupt.nm), pres, labels, 'remove',
-                        nm[s])
+            if rmm:
+                _accumulate(model, _per_sample(batch, absent, corrupt.rmm), pres, labels,
+                            'remove', rmm[s])
+            if nm:
+                _accumulate(model, _per_sample(batch, absent, corrupt.nm), pres, labels,
+                            'remove', nm[s])
         for f in failure_cases:
             fn = lambda m, x, i, f=f: corrupt.failure(f, m, x, i)  # noqa: E731
             _accumulate(model, _per_sample(batch, MODALITIES, fn), pres, labels, 'remove',
@@ -270,16 +290,43 @@ def evaluate_model(model: nn.Module, dataset, classes: Sequence[str], frontend: 
         scores = {s: _score(cm, classes) for s, cm in cms.items()}
         return {'subsets': scores, 'mean_miou': _mean([v['miou'] for v in scores.values()])}
 
-    return {
-        'classes': list(classes), 'samples': samples,
+    result: dict[str, Any] = {
+        'classes': list(classes), 'samples': samples, 'cases': list(cases),
         'iou_convention': IOU_CONVENTION,
-        'missing_semantics': {m: MISSING_SEMANTICS[m] for m in missing_modes},
-        'full': _score(emm[missing_modes[0]][FULL], classes) if missing_modes else None,
-        'emm': {mode: table(emm[mode]) for mode in missing_modes},
-        'rmm': {'fraction': rmm_fraction, **table(rmm)},
-        'nm': {'sigma': nm_sigma, 'salt_pepper': nm_salt_pepper, **table(nm)},
-        'failures': {f: _score(cm, classes) for f, cm in fail.items()},
+        'missing_semantics': {m: MISSING_SEMANTICS[m] for m in modes},
+        'full': _score(emm[modes[0]][FULL], classes) if modes and FULL in emm[modes[0]]
+        else None,
     }
+    if 'subsets' in cases:
+        result['emm'] = {mode: table(emm[mode]) for mode in modes}
+    if 'rmm' in cases:
+        result['rmm'] = {'fraction': rmm_fraction, **table(rmm)}
+    if 'nm' in cases:
+        result['nm'] = {'sigma': nm_sigma, 'salt_pepper': nm_salt_pepper, **table(nm)}
+    if 'failures' in cases:
+        result['failures'] = {f: _score(cm, classes) for f, cm in fail.items()}
+    return result
+
+
+CLASS_TABLE_SUBSETS = ('RDLE', 'R', 'D', 'L', 'E')
+
+
+def class_table(result: dict[str, Any]) -> str:
+    """IoU per class (rows) for all modalities and each modality alone (columns), in %."""
+    cols: list[tuple[str, dict[str, Any]]] = []
+    if result.get('full'):
+        cols.append((FULL, result['full']))
+    emm = (result.get('emm') or {}).get('remove', {}).get('subsets', {})
+    cols += [(s, emm[s]) for s in CLASS_TABLE_SUBSETS if s != FULL and s in emm]
+    if not cols:
+        return ''
+    lines = ['| class | ' + ' | '.join(name for name, _ in cols) + ' |',
+             '|---|' + '---|' * len(cols)]
+    for c in result['classes']:
+        lines.append(f'| {c} | ' + ' | '.join(_fmt(score['iou'].get(c)) for _, score in cols)
+                     + ' |')
+    lines.append('| **mIoU** | ' + ' | '.join(_fmt(score['miou']) for _, score in cols) + ' |')
+    return '\n'.join(lines)
 
 
 def _fmt(v: float | None) -> str:
@@ -287,36 +334,39 @@ def _fmt(v: float | None) -> str:
 
 
 def markdown_report(result: dict[str, Any]) -> str:
-    """The evaluation as Markdown tables (mIoU in %)."""
-    modes = list(result['emm'])
+    """The evaluation as Markdown tables (mIoU in %); cases not evaluated are left out."""
     lines = [f'# Evaluation of `{result.get("checkpoint", "?")}`', '',
              f'Samples: {result["samples"]}. IoU: {result["iou_convention"]}.', '',
              'Missing-modality semantics: ' + '; '.join(
-                 f'**{m}**: {d}' for m, d in result['missing_semantics'].items()) + '.', '',
-             '## mIoU per modality subset (%)', '',
-             '| subset | ' + ' | '.join(f'EMM {m}' for m in modes) + ' | RMM | NM |',
-             '|---|' + '---|' * (len(modes) + 2)]
-    for s in SUBSETS:
-        row = [_fmt(result['emm'][m]['subsets'][s]['miou']) for m in modes]
-        for case in ('rmm', 'nm'):
-            row.append(_fmt(result[case]['subsets'][s]['miou'])
-                       if s in result[case]['subsets'] else 'n/a')
-        lines.append(f'| {s} | ' + ' | '.join(row) + ' |')
-    means = [_fmt(result['emm'][m]['mean_miou']) for m in modes]
-    means += [_fmt(result['rmm']['mean_miou']), _fmt(result['nm']['mean_miou'])]
-    lines += ['| **mean** | ' + ' | '.join(means) + ' |', '',
-              'EMM mean over the 15 subsets; RMM and NM over the 14 with a missing modality '
-              f'(RMM: {100 * result["rmm"]["fraction"]:.0f}% of its pixels zeroed; NM: Gaussian '
-              f'sigma {result["nm"]["sigma"]} + {100 * result["nm"]["salt_pepper"]:.0f}% '
-              'salt-and-pepper).', '']
-    if result['failures']:
+                 f'**{m}**: {d}' for m, d in result['missing_semantics'].items()) + '.', '']
+    if 'emm' in result:
+        modes = list(result['emm'])
+        extra = [c for c in ('rmm', 'nm') if c in result]
+        lines += ['## mIoU per modality subset (%)', '',
+                  '| subset | ' + ' | '.join([f'EMM {m}' for m in modes]
+                                             + [c.upper() for c in extra]) + ' |',
+                  '|---|' + '---|' * (len(modes) + len(extra))]
+        for s in SUBSETS:
+            row = [_fmt(result['emm'][m]['subsets'][s]['miou']) for m in modes]
+            row += [_fmt(result[c]['subsets'][s]['miou']) if s in result[c]['subsets']
+                    else 'n/a' for c in extra]
+            lines.append(f'| {s} | ' + ' | '.join(row) + ' |')
+        means = [_fmt(result['emm'][m]['mean_miou']) for m in modes]
+        means += [_fmt(result[c]['mean_miou']) for c in extra]
+        lines += ['| **mean** | ' + ' | '.join(means) + ' |', '',
+                  'EMM mean over the 15 subsets; RMM and NM over the 14 with a missing modality'
+                  + (f' (RMM: {100 * result["rmm"]["fraction"]:.0f}% of its pixels zeroed)'
+                     if 'rmm' in result else '')
+                  + (f' (NM: Gaussian sigma {result["nm"]["sigma"]} + '
+                     f'{100 * result["nm"]["salt_pepper"]:.0f}% salt-and-pepper)'
+                     if 'nm' in result else '') + '.', '']
+    if result.get('failures'):
         lines += ['## Sensor failures, all modalities (%)', '', '| case | mIoU |', '|---|---|']
         lines += [f'| {f} | {_fmt(v["miou"])} |' for f, v in result['failures'].items()]
         lines.append('')
-    if result.get('full'):
-        lines += ['## IoU per class, all modalities (%)', '', '| class | IoU |', '|---|---|']
-        lines += [f'| {c} | {_fmt(v)} |' for c, v in result['full']['iou'].items()]
-        lines.append('')
+    table = class_table(result)
+    if table:
+        lines += ['## IoU per class (%): all modalities and each modality alone', '', table, '']
     return '\n'.join(lines)
 
 
@@ -341,9 +391,21 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     parser.add_argument('--device', help='auto | cpu | cuda')
     parser.add_argument('--max-samples', type=int,
                         help='evaluate on N evenly spaced samples only (0: all)')
+    parser.add_argument('--cases', default=','.join(CASES),
+                        help='comma-separated cases to score, of ' + ', '.join(CASES) +
+                             ' (default: all; "full,subsets" makes 15 passes per batch '
+                             'instead of ~63)')
+    parser.add_argument('--missing', help='comma-separated missing-modality semantics of the '
+                        'subsets case, of ' + ', '.join(MISSING_SEMANTICS) + ' (default: the '
+                        "config's evaluate.missing)")
     opts = parser.parse_args(extra)
+    cases = [c.strip() for c in opts.cases.split(',') if c.strip()]
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
-    overrides = {} if opts.max_samples is None else {'evaluate': {'max_samples': opts.max_samples}}
+    overrides: dict[str, Any] = {} if opts.max_samples is None else {
+        'evaluate': {'max_samples': opts.max_samples}}
+    if opts.missing:
+        overrides.setdefault('evaluate', {})['missing'] = [
+            m.strip() for m in opts.missing.split(',') if m.strip()]
     cfg, _ = load_config(args.config, 'evaluate', args.smoke, overrides)
     ev = cfg.evaluate
     ckpt = opts.checkpoint or ev.checkpoint or str(cfg.run_dir('fsm') / 'model.safetensors')
@@ -356,14 +418,18 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     result = evaluate_model(model, dataset, meta['classes'], frontend, device,
                             batch_size=ev.batch_size, missing_modes=ev.missing,
                             failure_cases=ev.failures, rmm_fraction=ev.rmm_fraction,
-                            nm_sigma=ev.nm_sigma, nm_salt_pepper=ev.nm_salt_pepper, seed=ev.seed)
+                            nm_sigma=ev.nm_sigma, nm_salt_pepper=ev.nm_salt_pepper, seed=ev.seed,
+                            cases=cases)
     result = {'checkpoint': str(ckpt), 'arch': meta.get('arch'),
               'train_config_hash': meta.get('train_config_hash'), 'shards': patterns, **result}
     out = Path(args.out) if args.out else cfg.run_dir('evaluate')
     js, md = write_report(result, out)
     log.info('wrote %s and %s', js, md)
+    print(class_table(result))
     print(json.dumps({'full_miou': result['full']['miou'] if result['full'] else None,
-                      **{f'emm_{m}_mean': v['mean_miou'] for m, v in result['emm'].items()},
-                      'rmm_mean': result['rmm']['mean_miou'], 'nm_mean': result['nm']['mean_miou'],
+                      **{f'emm_{m}_mean': v['mean_miou']
+                         for m, v in result.get('emm', {}).items()},
+                      **{f'{c}_mean': result[c]['mean_miou'] for c in ('rmm', 'nm')
+                         if c in result},
                       'report': str(md)}, indent=1))
     return 0

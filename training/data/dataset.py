@@ -3,7 +3,7 @@ augmentations applied consistently to every modality and the labels."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,8 +62,8 @@ class ShardDataset(Dataset):
 
     def __init__(self, shard_dirs: Sequence[str | Path], frontend: FrontendConfig,
                  augment: AugmentConfig | None = None, seed: int = 0,
-                 labelled_only: bool = False) -> None:
-        self.shards = [Shard.open(p) for p in shard_dirs]
+                 labelled_only: bool = False, in_memory: bool = False) -> None:
+        self.shards = [Shard.open(p, in_memory) for p in shard_dirs]
         self.frontend = frontend
         self.augment = augment
         self.seed = seed
@@ -81,6 +81,14 @@ class ShardDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def label_rows(self) -> Iterator[np.ndarray]:
+        """The label image of every sample, as stored (no augmentation), one shard at a time."""
+        rows: dict[int, list[int]] = {}
+        for si, i in self.index:
+            rows.setdefault(si, []).append(i)
+        for si, idx in rows.items():
+            yield np.asarray(self.shards[si].arrays['labels'])[idx]
 
     def set_epoch(self, epoch: int) -> None:
         """Different, still reproducible, augmentations each epoch."""

@@ -76,7 +76,9 @@ class Shard:
     arrays: dict[str, np.ndarray]
 
     @classmethod
-    def open(cls, path: str | Path) -> Shard:
+    def open(cls, path: str | Path, in_memory: bool = False) -> Shard:
+        """Memory-mapped, or read into memory once (`in_memory`: no page faults or disk reads
+        in the training loop, at the cost of the shard's size in RAM per process)."""
         path = Path(path)
         meta_file = path / 'meta.json'
         if not meta_file.exists():
@@ -85,7 +87,11 @@ class Shard:
         if meta.get('format') != FORMAT_VERSION:
             raise ValueError(f'{path}: shard format {meta.get("format")}, expected '
                              f'{FORMAT_VERSION}; rebuild it with `rmseg-train dataset`')
-        arrays = {p.stem: np.load(p, mmap_mode='r') for p in path.glob('*.npy')}
+        arrays = {p.stem: np.load(p, mmap_mode=None if in_memory else 'r')
+                  for p in path.glob('*.npy')}
+        if in_memory:
+            for a in arrays.values():
+                a.setflags(write=False)
         for name, arr in arrays.items():
             if len(arr) != meta['count']:
                 raise ValueError(f'{path}: {name}.npy has {len(arr)} rows, meta says '
@@ -94,6 +100,10 @@ class Shard:
 
     def __len__(self) -> int:
         return int(self.meta['count'])
+
+    @staticmethod
+    def disk_bytes(path: str | Path) -> int:
+        return sum(p.stat().st_size for p in Path(path).glob('*.npy'))
 
     def tensors(self, i: int) -> dict[str, np.ndarray]:
         """Row i as read-only views of the memory maps (copy before modifying)."""

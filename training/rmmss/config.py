@@ -14,7 +14,9 @@ from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import from_dict, load_yaml, to_dict
 from rmseg_ros.preprocess import FrontendConfig
 from training.data.bag_samples import DatasetConfig
+from training.data.class_balance import class_weights, label_histogram
 from training.data.dataset import AugmentConfig, ShardDataset
+from training.data.shards import Shard
 from training.engine import OptimConfig, RunConfig, resolve_stage_config
 from training.robult.loss_config import RobultLossConfig
 
@@ -32,6 +34,9 @@ class DataConfig:
     dataset_config: str | None = None
     classes: str | None = None  # class table; null: config/classes.yaml
     labelled_only: bool = True
+    # read the training shards into memory once when they take at most this fraction of the
+    # memory available at start (else memory-mapped); 0 = always memory-mapped
+    in_memory_fraction: float = 0.4
     max_train_samples: int = 0  # 0: all
     max_val_samples: int = 0
     # geometric augmentation of the training set; modality dropout is done in the training loop
@@ -54,6 +59,10 @@ class DropoutConfig:
 class LossConfig:
     ohem_thresh: float = 0.7  # hard pixels: true-class probability below this
     ohem_min_kept_fraction: float = 0.0625  # at least this fraction of valid pixels is kept
+    # cross-entropy class weights from the training split's pixel frequencies
+    # (training.data.class_balance: none | enet_log | inverse_sqrt | median_frequency)
+    class_weighting: str = 'none'
+    class_weight_max_ratio: float = 50.0  # largest / smallest weight
     pixel_kl_weight: float = 50.0
     kl_temperature: float = 1.0
     proto_weight: float = 100.0
@@ -149,8 +158,36 @@ def shard_dirs(patterns: list[str]) -> list[Path]:
     return sorted(found)
 
 
+def split_class_weights(dataset: ShardDataset, loss: LossConfig, num_classes: int
+                        ) -> np.ndarray | None:
+    """The loss's class weights for `dataset` (its labelled rows), None when unweighted."""
+    if loss.class_weighting == 'none':
+        return None
+    counts = label_histogram(dataset.label_rows(), num_classes)
+    return class_weights(counts, loss.class_weighting, loss.class_weight_max_ratio)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux MemAvailable; 0 when unknown)."""
+    try:
+        for line in Path('/proc/meminfo').read_text().splitlines():
+            if line.startswith('MemAvailable:'):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def fits_in_memory(dirs: list[Path], fraction: float) -> bool:
+    """Whether shards of this total size take at most `fraction` of the available memory."""
+    if fraction <= 0:
+        return False
+    return sum(Shard.disk_bytes(d) for d in dirs) <= fraction * available_memory()
+
+
 def make_dataset(patterns: list[str], frontend: FrontendConfig, *, augment: AugmentConfig | None,
-                 labelled_only: bool, max_samples: int = 0, seed: int = 0) -> ShardDataset:
+                 labelled_only: bool, max_samples: int = 0, seed: int = 0,
+                 in_memory_fraction: float = 0.0) -> ShardDataset:
     if augment is not None and augment.modality_dropout > 0:
         raise ValueError('data.augment.modality_dropout must be 0 for RMMSS: the teacher needs '
                          'the full view of each sample; set the `dropout:` section instead')
@@ -158,7 +195,8 @@ def make_dataset(patterns: list[str], frontend: FrontendConfig, *, augment: Augm
     if not dirs:
         raise FileNotFoundError(f'no shards (directories with meta.json) match {patterns}; '
                                 'build them with `rmseg-train dataset`')
-    ds = ShardDataset(dirs, frontend, augment, seed=seed, labelled_only=labelled_only)
+    ds = ShardDataset(dirs, frontend, augment, seed=seed, labelled_only=labelled_only,
+                      in_memory=fits_in_memory(dirs, in_memory_fraction))
     for shard in ds.shards:  # ShardDataset checks the size; the event tensor must match too
         if int(shard.meta.get('event_bins', frontend.event_bins)) != frontend.event_bins:
             raise ValueError(f'{shard.path}: {shard.meta["event_bins"]} event bins, the '

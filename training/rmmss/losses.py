@@ -26,25 +26,35 @@ IGNORE = 255
 
 def ohem_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, thresh: float = 0.7,
                        min_kept_fraction: float = 1 / 16, min_kept: int = 1,
-                       ignore_index: int = IGNORE) -> torch.Tensor:
+                       ignore_index: int = IGNORE,
+                       class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy averaged over the hard pixels only.
 
     A pixel is hard when the probability of its true class is below `thresh` (its loss above
     -log(thresh)). When fewer than max(min_kept, min_kept_fraction * valid) pixels are hard, the
     highest losses up to that count are kept instead, so a nearly solved batch still trains.
+    With `class_weights` (K,), the kept pixels' losses are averaged with the weight of their
+    true class (sum w_i l_i / sum w_i): hardness is judged on the unweighted loss, so the
+    weights change how much a rare class's hard pixels count, not which pixels are kept.
     """
     loss = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index,
                            reduction='none').flatten()
-    valid = labels.flatten() != ignore_index
+    flat = labels.flatten()
+    valid = flat != ignore_index
     n_valid = int(valid.sum())
     if n_valid == 0:
         return logits.sum() * 0.0  # keeps the graph: every rank must produce gradients
     valid_loss = loss[valid]
     n_min = min(n_valid, max(int(min_kept), int(n_valid * min_kept_fraction)))
-    hard = valid_loss[valid_loss > -math.log(thresh)]
-    if hard.numel() < n_min:
-        hard = valid_loss.topk(n_min).values
-    return hard.mean()
+    hard = valid_loss > -math.log(thresh)
+    if int(hard.sum()) < n_min:
+        keep = valid_loss.topk(n_min).indices
+    else:
+        keep = hard.nonzero().flatten()
+    if class_weights is None:
+        return valid_loss[keep].mean()
+    w = class_weights.to(loss.device, torch.float32)[flat[valid][keep]]
+    return (w * valid_loss[keep]).sum() / w.sum().clamp(min=1e-12)
 
 
 def pixel_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

@@ -1,96 +1,283 @@
-"""The RMMSS results table: four evaluations -> the `rmmss` section of docs/results.{json,md}.
+"""The RMMSS results: evaluations of the teacher and of every seed's robust model, dropout-only
+baseline and FSM student -> the `rmmss` section of docs/results.{json,md} and the validation
+curves (docs/rmmss_curves.png).
 
-`python -m training.rmmss.report --runs runs/rmmss` reads `<runs>/eval_{teacher,dropout,robust,
-fsm}/eval.json` (written by `rmseg-train evaluate`) and the training budgets from each run's
-config, and rewrites only its own section of both files, so every figure in the Markdown is also
-in the JSON, written by the code that read the measurement.
+`python -m training.rmmss.report --runs runs/rmmss --seeds 0 1 2` reads
+`<runs>/eval_teacher/eval.json`, `<runs>/seed<S>/eval_{robust,dropout,fsm}/eval.json` (written by
+`rmseg-train evaluate`), the budgets from each run's config.yaml and the validation records
+from each run's metrics.jsonl, and rewrites only its own section of both files, so every figure
+in the Markdown is also in the JSON, written by the code that read the measurement. Per seed
+figures are averaged over the seeds; `_se` is the standard error of that mean (sample standard
+deviation / sqrt(n)).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from rmseg_ros.modalities import all_subsets, subset_name
 from training.results import write_section
 
+SECTION = 'rmmss'
 MODELS = {  # run name -> (row label, key prefix in results.json)
-    'teacher': ('teacher (all modalities, OHEM CE)', 'teacher'),
-    'dropout': ('dropout-only baseline (AnySeg-style)', 'dropout'),
+    'teacher': ('teacher (all modalities, class-weighted OHEM CE)', 'teacher'),
+    'dropout': ('dropout-only baseline, compute-matched (robust + FSM steps)', 'dropout'),
     'robust': ('HPDM robust model (dropout + pixel KL + prototypes)', 'hpdm'),
     'fsm': ('FSM student (deployed)', 'fsm'),
 }
-SECTION = 'rmmss'
+SEEDED = ('robust', 'dropout', 'fsm')
+CLASS_SUBSETS = ('RDLE', 'R', 'D')
+CURVE_FILE = 'rmmss_curves.png'
 
 
 def _pct(v: float | None) -> float | None:
     return None if v is None else round(100.0 * v, 2)
 
 
-def collect(runs: Path) -> dict[str, Any]:
-    """Figures (mIoU in %) of every evaluated model found under `runs`."""
-    figures: dict[str, Any] = {}
-    subsets = [subset_name(s) for s in all_subsets()]
-    for run, (_, key) in MODELS.items():
-        path = runs / f'eval_{run}' / 'eval.json'
-        if not path.exists():
+def mean_se(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and standard error of the mean (None when there is no value; se None for one)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    mean = float(np.mean(vals))
+    se = float(np.std(vals, ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else None
+    return round(mean, 2), None if se is None else round(se, 2)
+
+
+def _eval_figures(ev: dict[str, Any]) -> dict[str, Any]:
+    """mIoU figures (in %) of one eval.json."""
+    out: dict[str, Any] = {'full_miou': _pct(ev['full']['miou']),
+                           'class_iou': {c: _pct(v) for c, v in ev['full']['iou'].items()}}
+    emm = ev.get('emm', {}).get('remove')
+    if emm:
+        out['subset_mean'] = _pct(emm['mean_miou'])
+        out['subsets'] = {s: _pct(emm['subsets'][s]['miou']) for s in emm['subsets']}
+        out['subset_class_iou'] = {s: {c: _pct(v) for c, v in emm['subsets'][s]['iou'].items()}
+                                   for s in CLASS_SUBSETS if s in emm['subsets']}
+    if 'zero' in ev.get('emm', {}):
+        out['zero_fill_subset_mean'] = _pct(ev['emm']['zero']['mean_miou'])
+    for case in ('rmm', 'nm'):
+        if case in ev:
+            out[f'{case}_mean'] = _pct(ev[case]['mean_miou'])
+    if ev.get('failures'):
+        out['failures'] = {f: _pct(v['miou']) for f, v in ev['failures'].items()}
+    out['samples'] = ev['samples']
+    return out
+
+
+def _steps(run_dir: Path) -> int | None:
+    config = run_dir / 'config.yaml'
+    return yaml.safe_load(config.read_text())['run']['steps'] if config.exists() else None
+
+
+def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, validation mean mIoU over the validated subsets) of a run, in step order."""
+    path = run_dir / 'metrics.jsonl'
+    if not path.exists():
+        return []
+    points: dict[int, float] = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get('split') == 'val' and rec.get('miou_mean') is not None:
+            points[int(rec['step'])] = float(rec['miou_mean'])
+    return sorted(points.items())
+
+
+def last_fifth_change(curve: list[tuple[int, float]]) -> float | None:
+    """Validation mIoU at the end minus at 80 % of the steps (points: %): how flat the end is."""
+    if len(curve) < 2:
+        return None
+    end_step, end = curve[-1]
+    before = [v for s, v in curve if s <= 0.8 * end_step]
+    return None if not before else round(100.0 * (end - before[-1]), 2)
+
+
+def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
+    """Figures (mIoU in %) of every evaluated model under `runs`; seeded models averaged."""
+    figures: dict[str, Any] = {'seeds': list(seeds)}
+    per_seed: dict[str, list[dict[str, Any]]] = {m: [] for m in SEEDED}
+    curves: dict[str, list[tuple[int, float]]] = {}
+    teacher_eval = runs / 'eval_teacher' / 'eval.json'
+    if teacher_eval.exists():
+        t = _eval_figures(json.loads(teacher_eval.read_text()))
+        figures.update({f'teacher_{k}': v for k, v in t.items() if k != 'samples'})
+        figures['teacher_train_steps'] = _steps(runs / 'teacher')
+        figures['test_samples'] = t['samples']
+        curves['teacher'] = validation_curve(runs / 'teacher')
+    for run in SEEDED:
+        for seed in seeds:
+            path = runs / f'seed{seed}' / f'eval_{run}' / 'eval.json'
+            if path.exists():
+                per_seed[run].append({'seed': seed,
+                                      **_eval_figures(json.loads(path.read_text()))})
+                curves[f'{run} seed {seed}'] = validation_curve(runs / f'seed{seed}' / run)
+    for run, rows in per_seed.items():
+        if not rows:
             continue
-        ev = json.loads(path.read_text())
-        emm = ev['emm']['remove']
-        figures[f'{key}_full_miou'] = _pct(ev['full']['miou'])
-        figures[f'{key}_subset_mean'] = _pct(emm['mean_miou'])
-        figures[f'{key}_subsets'] = {s: _pct(emm['subsets'][s]['miou']) for s in subsets}
-        if 'zero' in ev['emm']:
-            figures[f'{key}_zero_fill_subset_mean'] = _pct(ev['emm']['zero']['mean_miou'])
-        figures[f'{key}_rmm_mean'] = _pct(ev['rmm']['mean_miou'])
-        figures[f'{key}_nm_mean'] = _pct(ev['nm']['mean_miou'])
-        figures[f'{key}_failures'] = {f: _pct(v['miou']) for f, v in ev['failures'].items()}
-        figures['test_samples'] = ev['samples']
-        config = runs / run / 'config.yaml'
-        if config.exists():
-            figures[f'{key}_train_steps'] = yaml.safe_load(config.read_text())['run']['steps']
+        key = MODELS[run][1]
+        figures[f'{key}_train_steps'] = _steps(runs / f'seed{rows[0]["seed"]}' / run)
+        figures[f'{key}_seeds'] = [r['seed'] for r in rows]
+        for fig in ('full_miou', 'subset_mean'):
+            mean, se = mean_se([r.get(fig) for r in rows])
+            figures[f'{key}_{fig}'], figures[f'{key}_{fig}_se'] = mean, se
+            figures[f'{key}_{fig}_per_seed'] = [r.get(fig) for r in rows]
+        classes = list(rows[0]['class_iou'])
+        figures[f'{key}_class_iou'] = {c: mean_se([r['class_iou'][c] for r in rows])[0]
+                                       for c in classes}
+        figures[f'{key}_class_iou_se'] = {c: mean_se([r['class_iou'][c] for r in rows])[1]
+                                          for c in classes}
+        subsets = rows[0].get('subsets', {})
+        figures[f'{key}_subsets'] = {s: mean_se([r['subsets'][s] for r in rows])[0]
+                                     for s in subsets}
+        figures[f'{key}_subset_class_iou'] = {
+            s: {c: mean_se([r['subset_class_iou'][s][c] for r in rows])[0] for c in classes}
+            for s in rows[0].get('subset_class_iou', {})}
+        first = rows[0]  # cases evaluated on the shipped (first) seed only
+        for fig in ('zero_fill_subset_mean', 'rmm_mean', 'nm_mean', 'failures'):
+            if fig in first:
+                figures[f'{key}_{fig}'] = first[fig]
+    if 'teacher_subsets' in figures:
+        figures['teacher_subset_mean_se'] = None
+    if 'dropout_subset_mean' in figures:  # the issue's names for the compute-matched baseline
+        figures['dropout_matched_subset_mean'] = figures['dropout_subset_mean']
+        figures['dropout_matched_subset_mean_se'] = figures['dropout_subset_mean_se']
+    if 'fsm_subset_mean' in figures and 'dropout_subset_mean' in figures:
+        figures['fsm_minus_dropout_subset_mean'] = round(
+            figures['fsm_subset_mean'] - figures['dropout_subset_mean'], 2)
+    if 'fsm_full_miou' in figures and 'teacher_full_miou' in figures:
+        figures['fsm_minus_teacher_full_miou'] = round(
+            figures['fsm_full_miou'] - figures['teacher_full_miou'], 2)
+    figures['val_last_fifth_change'] = {name: last_fifth_change(c) for name, c in curves.items()
+                                        if c}
+    figures['_curves'] = curves
     return figures
 
 
+def _fmt(v: float | None, se: float | None = None) -> str:
+    if v is None:
+        return '-'
+    return f'{v:.2f}' if se is None else f'{v:.2f} ± {se:.2f}'
+
+
 def markdown(figures: dict[str, Any]) -> str:
-    present = [(label, key) for label, key in MODELS.values() if f'{key}_subset_mean' in figures]
-    subsets = [subset_name(s) for s in all_subsets()]
-    fmt = lambda v: '-' if v is None else f'{v:.2f}'  # noqa: E731
+    present = [(run, label, key) for run, (label, key) in MODELS.items()
+               if f'{key}_full_miou' in figures]
+    seeds = figures.get('seeds', [])
     lines = [
         '## RMMSS: teacher, baselines and the FSM student', '',
-        f'Test split of the default sim data ({figures.get("test_samples", "?")} evenly spaced '
+        f'Test split of the default sim data (`make data`: {figures.get("test_samples", "?")} '
         'samples), mIoU in %. Missing modalities are removed from fusion; the mean is over the '
-        '15 non-empty subsets (R = rgb, D = depth, L = lidar, E = event). Written by '
-        '`python -m training.rmmss.report` from `make results`.', '',
+        '15 non-empty subsets (R = rgb, D = depth, L = lidar, E = event). One teacher; the '
+        f'robust model, the dropout-only baseline and the FSM student are trained with seeds '
+        f'{", ".join(map(str, seeds))} (mean ± standard error over the seeds; zero-filled, RMM, '
+        f'NM and the sensor failures are of seed {seeds[0] if seeds else "?"}, the shipped one). '
+        'Written by `python -m training.rmmss.report` from `make results`.', '',
         '| model | steps | all (RDLE) | 15-subset mean | zero-filled mean | RMM | NM |',
         '|---|---|---|---|---|---|---|']
-    for label, key in present:
-        lines.append(f'| {label} | {figures.get(f"{key}_train_steps", "?")} | '
-                     f'{fmt(figures[f"{key}_full_miou"])} | '
-                     f'{fmt(figures[f"{key}_subset_mean"])} | '
-                     f'{fmt(figures.get(f"{key}_zero_fill_subset_mean"))} | '
-                     f'{fmt(figures[f"{key}_rmm_mean"])} | {fmt(figures[f"{key}_nm_mean"])} |')
-    lines += ['', '| subset | ' + ' | '.join(key for _, key in present) + ' |',
-              '|---|' + '---|' * len(present)]
+    for _, label, key in present:
+        lines.append(
+            f'| {label} | {figures.get(f"{key}_train_steps", "?")} | '
+            f'{_fmt(figures[f"{key}_full_miou"], figures.get(f"{key}_full_miou_se"))} | '
+            f'{_fmt(figures.get(f"{key}_subset_mean"), figures.get(f"{key}_subset_mean_se"))} | '
+            f'{_fmt(figures.get(f"{key}_zero_fill_subset_mean"))} | '
+            f'{_fmt(figures.get(f"{key}_rmm_mean"))} | {_fmt(figures.get(f"{key}_nm_mean"))} |')
+    if 'fsm_minus_dropout_subset_mean' in figures:
+        lines += ['', f'FSM - compute-matched dropout baseline, 15-subset mean: '
+                      f'{figures["fsm_minus_dropout_subset_mean"]:+.2f} points (per seed: FSM '
+                      f'{figures["fsm_subset_mean_per_seed"]}, dropout '
+                      f'{figures["dropout_subset_mean_per_seed"]}).']
+    if 'fsm_minus_teacher_full_miou' in figures:
+        lines.append(f'FSM - teacher, all modalities: '
+                     f'{figures["fsm_minus_teacher_full_miou"]:+.2f} points.')
+    classes = list(next((figures[f'{k}_class_iou'] for _, _, k in present), {}))
+    for subset, title in (('RDLE', 'all modalities'), ('R', 'RGB alone'),
+                          ('D', 'depth alone')):
+        cols = [(label, key) for _, label, key in present
+                if subset in figures.get(f'{key}_subset_class_iou', {})]
+        if not cols:
+            continue
+        lines += ['', f'IoU per class, {title} ({subset}), %:', '',
+                  '| class | ' + ' | '.join(key for _, key in cols) + ' |',
+                  '|---|' + '---|' * len(cols)]
+        for c in classes:
+            row = []
+            for _, key in cols:
+                v = figures[f'{key}_subset_class_iou'][subset].get(c)
+                se = figures.get(f'{key}_class_iou_se', {}).get(c) if subset == 'RDLE' else None
+                row.append(_fmt(v, se))
+            lines.append(f'| {c} | ' + ' | '.join(row) + ' |')
+    subsets = [subset_name(s) for s in all_subsets()]
+    with_subsets = [(label, key) for _, label, key in present if f'{key}_subsets' in figures]
+    lines += ['', '| subset | ' + ' | '.join(key for _, key in with_subsets) + ' |',
+              '|---|' + '---|' * len(with_subsets)]
     for s in subsets:
-        lines.append(f'| {s} | ' + ' | '.join(fmt(figures[f'{key}_subsets'][s])
-                                              for _, key in present) + ' |')
-    failures = sorted({f for _, key in present for f in figures[f'{key}_failures']})
+        lines.append(f'| {s} | ' + ' | '.join(_fmt(figures[f'{key}_subsets'].get(s))
+                                              for _, key in with_subsets) + ' |')
+    with_failures = [(label, key) for _, label, key in present if f'{key}_failures' in figures]
+    failures = sorted({f for _, key in with_failures for f in figures[f'{key}_failures']})
     if failures:
         lines += ['', '| sensor failure (all modalities) | ' + ' | '.join(
-            key for _, key in present) + ' |', '|---|' + '---|' * len(present)]
+            key for _, key in with_failures) + ' |', '|---|' + '---|' * len(with_failures)]
         for f in failures:
             lines.append(f'| {f} | ' + ' | '.join(
-                fmt(figures[f'{key}_failures'].get(f)) for _, key in present) + ' |')
+                _fmt(figures[f'{key}_failures'].get(f)) for _, key in with_failures) + ' |')
+    flat = figures.get('val_last_fifth_change') or {}
+    if flat:
+        lines += ['', f'Validation curves: `docs/{CURVE_FILE}` (mean mIoU over the validated '
+                      'subsets RDLE, R, D, L, E on 120 validation samples, against the step). '
+                      'Change over the last fifth of each run, in points: ' + ', '.join(
+                          f'{name} {_fmt(v)}' for name, v in flat.items()) + '.']
     return '\n'.join(lines)
 
 
+def draw_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> bool:
+    """Validation mIoU against the step, one panel per stage (OpenCV drawing, PNG)."""
+    import cv2
+
+    groups = {'teacher': [], 'robust': [], 'dropout': [], 'fsm': []}
+    for name, curve in curves.items():
+        if curve:
+            groups[name.split()[0]].append((name, curve))
+    groups = {k: v for k, v in groups.items() if v}
+    if not groups:
+        return False
+    pw, ph, m = 420, 300, 48
+    img = np.full((ph + 2 * m, len(groups) * (pw + m) + m, 3), 255, np.uint8)
+    palette = [(200, 80, 30), (30, 140, 40), (40, 40, 200), (150, 40, 150)]
+    top = max(v for g in groups.values() for _, c in g for _, v in c)
+    ymax = min(1.0, math.ceil(top * 10 + 0.5) / 10)
+    for gi, (title, items) in enumerate(groups.items()):
+        x0 = m + gi * (pw + m)
+        xmax = max(s for _, c in items for s, _ in c)
+        cv2.rectangle(img, (x0, m), (x0 + pw, m + ph), (0, 0, 0), 1)
+        for t in range(0, 11, 2):
+            y = m + ph - int(ph * (t / 10 * ymax) / ymax)
+            cv2.putText(img, f'{100 * t / 10 * ymax:.0f}', (x0 - 30, y + 4),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, f'{title} (val mIoU %, step 0-{xmax})', (x0, m - 10),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        for ci, (name, curve) in enumerate(items):
+            color = palette[ci % len(palette)]
+            pts = np.array([[x0 + int(pw * s / xmax), m + ph - int(ph * v / ymax)]
+                            for s, v in curve], np.int32)
+            cv2.polylines(img, [pts], False, color, 2, cv2.LINE_AA)
+            cv2.putText(img, name, (x0 + 8, m + ph + 16 + 14 * ci),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1, cv2.LINE_AA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return bool(cv2.imwrite(str(path), img))
+
+
 def write(figures: dict[str, Any], docs: Path) -> None:
+    curves = figures.pop('_curves', {})
+    draw_curves(curves, docs / CURVE_FILE)
     write_section(SECTION, figures, markdown(figures), docs)
 
 
@@ -98,14 +285,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--runs', default='runs/rmmss', help='RMMSS run root')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0],
+                        help='seeds of the robust / dropout / FSM runs (<runs>/seed<S>/...)')
     parser.add_argument('--docs', default='docs', help='where results.{md,json} live')
     args = parser.parse_args(argv)
-    figures = collect(Path(args.runs))
-    if not figures:
+    figures = collect(Path(args.runs), args.seeds)
+    if 'teacher_full_miou' not in figures and 'fsm_full_miou' not in figures:
         print(f'no evaluations under {args.runs} (run `make results`)', file=sys.stderr)
         return 1
     write(figures, Path(args.docs))
-    print(json.dumps({k: v for k, v in figures.items() if not isinstance(v, dict)}, indent=1))
+    print(json.dumps({k: v for k, v in figures.items() if not isinstance(v, dict | list)},
+                     indent=1))
     return 0
 
 

@@ -29,7 +29,7 @@ from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import to_dict
 from rmseg_ros.modalities import MODALITIES
 from rmseg_ros.preprocess import FrontendConfig
-from training.engine import DistContext, Trainer, config_hash, distributed
+from training.engine import DistContext, Trainer, config_hash, distributed, parse_set
 from training.export import export_checkpoint, load_model
 from training.robult.loss_config import RobultLossConfig
 
@@ -41,10 +41,18 @@ from .config import (
     frontend_of,
     load_config,
     make_dataset,
+    split_class_weights,
 )
 from .losses import hybrid_prototype_loss, ohem_cross_entropy, pixel_kl
 
 log = logging.getLogger('rmseg-train.rmmss')
+STAGE_HELP = {
+    'teacher': 'RMMSS stage 1: the all-modality teacher (class-weighted OHEM cross-entropy).',
+    'robust': 'RMMSS stage 2: the robust model under random modality dropout, distilled from the '
+              'frozen teacher (pixel KL + HPDM); --no-distill: the dropout-only baseline.',
+    'fsm': 'RMMSS stage 3: the Feature Selection Module over the frozen teacher and robust model '
+           '(the deployed student).',
+}
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -130,19 +138,20 @@ def _find_submodule(parent: nn.Module, child: nn.Module) -> str:
 # ----------------------------------------------------------------------------- loss functions
 # Each returns `loss_fn(net, batch, ctx) -> (loss, logs)` for engine.Trainer.
 
-def teacher_loss(lc: LossConfig):
-    """All modalities the recording has, OHEM cross-entropy."""
+def teacher_loss(lc: LossConfig, weights: torch.Tensor | None = None):
+    """All modalities the recording has, OHEM cross-entropy (class-weighted with `weights`)."""
     def loss_fn(net, batch, ctx):
         out = net(model_inputs(batch), batch['presence'])
         ce = ohem_cross_entropy(out.logits, batch['labels'], lc.ohem_thresh,
-                                lc.ohem_min_kept_fraction)
+                                lc.ohem_min_kept_fraction, class_weights=weights)
         return ce, {'ce': ce.detach()}
 
     return loss_fn
 
 
 def robust_loss(lc: LossConfig, dropout: DropoutConfig, teacher: nn.Module | None,
-                num_classes: int, robult: RobultLossConfig | None = None):
+                num_classes: int, robult: RobultLossConfig | None = None,
+                weights: torch.Tensor | None = None):
     """Random modality subsets; with a teacher: + pixel KL + HPDM against its full view; with
     `robult` enabled (net a training.robult.latents.RobultModel): + the Robult losses. Frames
     flagged unlabelled have their labels ignored by every label-based term."""
@@ -167,7 +176,8 @@ def robust_loss(lc: LossConfig, dropout: DropoutConfig, teacher: nn.Module | Non
             out = net(inputs, presence, full_presence=batch['presence'])
         else:
             out = net(inputs, presence)
-        ce = ohem_cross_entropy(out.logits, labels, lc.ohem_thresh, lc.ohem_min_kept_fraction)
+        ce = ohem_cross_entropy(out.logits, labels, lc.ohem_thresh, lc.ohem_min_kept_fraction,
+                                class_weights=weights)
         logs: dict[str, Any] = {'ce': ce.detach(),
                                 'kept_modalities': presence.sum(1).float().mean()}
         loss = ce
@@ -190,13 +200,13 @@ def robust_loss(lc: LossConfig, dropout: DropoutConfig, teacher: nn.Module | Non
     return loss_fn
 
 
-def fsm_loss(lc: LossConfig, dropout: DropoutConfig):
+def fsm_loss(lc: LossConfig, dropout: DropoutConfig, weights: torch.Tensor | None = None):
     """The FSM student on the robust stage's dropout schedule, OHEM cross-entropy."""
     def loss_fn(net, batch, ctx):
         presence = drop_modalities(batch['presence'], ctx.generator, dropout)
         out = net(model_inputs(batch), presence)
         ce = ohem_cross_entropy(out.logits, batch['labels'], lc.ohem_thresh,
-                                lc.ohem_min_kept_fraction)
+                                lc.ohem_min_kept_fraction, class_weights=weights)
         return ce, {'ce': ce.detach(), 'kept_modalities': presence.sum(1).float().mean()}
 
     return loss_fn
@@ -216,15 +226,25 @@ class Setup:
 
 def _parse(stage: str, args: argparse.Namespace, extra: list[str]
            ) -> tuple[RMMSSConfig, dict, Path]:
-    parser = argparse.ArgumentParser(prog=f'rmseg-train {stage}')
+    parser = argparse.ArgumentParser(
+        prog=f'rmseg-train {stage}', description=STAGE_HELP[stage],
+        epilog='Common options: --config FILE (default training/configs/rmmss.yaml), --out DIR, '
+               '--smoke. A run directory that holds checkpoints is resumed.')
     parser.add_argument('--teacher', help='teacher checkpoint (deployable)')
     parser.add_argument('--robust', help='robust-model checkpoint (deployable)')
     parser.add_argument('--device', help='auto | cpu | cuda')
     parser.add_argument('--steps', type=int, help='training steps (overrides the config)')
     parser.add_argument('--no-distill', action='store_true',
                         help='robust stage: dropout-only baseline (same as distill: false)')
+    parser.add_argument('--matched', action='store_true',
+                        help='robust stage: train as many steps as the robust and FSM stages '
+                             'together (the compute-matched dropout-only baseline)')
+    parser.add_argument('--seed', type=int, help='run.seed (data order, dropout draws, init)')
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                        help='any config value, dotted key, YAML value (repeatable), e.g. '
+                             '--set run.threads=1 --set loss.class_weighting=none')
     opts = parser.parse_args(extra)
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = parse_set(opts.set)
     if opts.teacher:
         overrides['teacher_checkpoint'] = opts.teacher
     if opts.robust:
@@ -235,6 +255,15 @@ def _parse(stage: str, args: argparse.Namespace, extra: list[str]
         overrides.setdefault('run', {})['steps'] = opts.steps
     if opts.no_distill:
         overrides['distill'] = False
+    if opts.seed is not None:
+        overrides.setdefault('run', {})['seed'] = opts.seed
+    if opts.matched:
+        if stage != 'robust' or opts.steps:
+            parser.error('--matched applies to the robust stage, without --steps')
+        steps = [load_config(args.config, s, args.smoke, overrides)[0].run.steps
+                 for s in ('robust', 'fsm')]
+        overrides.setdefault('run', {})['steps'] = sum(steps)
+        log.info('compute-matched budget: %d robust + %d FSM steps', *steps)
     cfg, resolved = load_config(args.config, stage, args.smoke, overrides)
     out = Path(args.out) if args.out else cfg.run_dir(stage)
     return cfg, resolved, out
@@ -256,6 +285,21 @@ def _fusion_config(cfg: RMMSSConfig, classes: ClassTable, frontend: FrontendConf
                                    'event_bins': frontend.event_bins})
 
 
+def _class_weights(setup: Setup) -> torch.Tensor | None:
+    """The cross-entropy class weights of the config's training split (None: unweighted)."""
+    data = setup.cfg.data
+    dataset = make_dataset(data.train_shards, setup.frontend, augment=None,
+                           labelled_only=data.labelled_only, max_samples=data.max_train_samples)
+    weights = split_class_weights(dataset, setup.cfg.loss, len(setup.classes.names))
+    if weights is None:
+        return None
+    if setup.ctx.is_main:
+        log.info('class weights (%s): %s', setup.cfg.loss.class_weighting,
+                 ', '.join(f'{c} {w:.2f}' for c, w in zip(setup.classes.names, weights,
+                                                          strict=True)))
+    return torch.from_numpy(weights).to(setup.ctx.device)
+
+
 def _train(stage: str, setup: Setup, model: nn.Module, loss_fn, param_groups: list[dict],
            arch: str, model_cfg: dict, on_checkpoint=None, exporter=export_checkpoint
            ) -> dict[str, Any]:
@@ -266,7 +310,8 @@ def _train(stage: str, setup: Setup, model: nn.Module, loss_fn, param_groups: li
     data = cfg.data
     train_set = make_dataset(data.train_shards, setup.frontend, augment=data.augment,
                              labelled_only=data.labelled_only,
-                             max_samples=data.max_train_samples, seed=cfg.run.seed)
+                             max_samples=data.max_train_samples, seed=cfg.run.seed,
+                             in_memory_fraction=data.in_memory_fraction)
     val_fn = None
     if data.val_shards:
         val_set = make_dataset(data.val_shards, setup.frontend, augment=None,
@@ -274,7 +319,8 @@ def _train(stage: str, setup: Setup, model: nn.Module, loss_fn, param_groups: li
 
         def val_fn(module: nn.Module, step: int) -> dict[str, float]:
             return subset_mious(module, val_set, cfg.validate.subsets, len(setup.classes.names),
-                                setup.ctx.device, cfg.validate.batch_size)
+                                setup.ctx.device, cfg.validate.batch_size,
+                                classes=setup.classes.names)
 
     trainer = Trainer(model, loss_fn, train_set, cfg.run, cfg.optim, setup.out, setup.resolved,
                       ctx=setup.ctx, param_groups=param_groups, val_fn=val_fn,
@@ -311,7 +357,7 @@ def teacher_stage(setup: Setup) -> dict[str, Any]:
 
     fcfg = _fusion_config(setup.cfg, setup.classes, setup.frontend)
     model = FusionSegNet(fcfg)
-    return _train('teacher', setup, model, teacher_loss(setup.cfg.loss),
+    return _train('teacher', setup, model, teacher_loss(setup.cfg.loss, _class_weights(setup)),
                   [{'params': list(model.parameters())}], 'fusion', fcfg.to_dict())
 
 
@@ -341,7 +387,8 @@ def robust_stage(setup: Setup) -> dict[str, Any]:
         from training.robult.stage import export_backbone
 
         model, exporter = RobultModel(model, cfg.robult), export_backbone
-    loss_fn = robust_loss(lc, cfg.dropout, teacher, len(setup.classes.names), cfg.robult)
+    loss_fn = robust_loss(lc, cfg.dropout, teacher, len(setup.classes.names), cfg.robult,
+                          _class_weights(setup))
     return _train('robust', setup, model, loss_fn, [{'params': list(model.parameters())}],
                   'fusion', fcfg.to_dict(), exporter=exporter)
 
@@ -368,7 +415,7 @@ def fsm_stage(setup: Setup) -> dict[str, Any]:
     if any(id(p) in frozen_ids for p in trainable):
         raise RuntimeError('FSMStudent.trainable_parameters() includes frozen weights')
 
-    summary = _train('fsm', setup, student, fsm_loss(cfg.loss, cfg.dropout),
+    summary = _train('fsm', setup, student, fsm_loss(cfg.loss, cfg.dropout, _class_weights(setup)),
                      [{'params': trainable}], 'fsm_student',
                      fsm_model_config(t_meta, r_meta, to_dict(fsm_cfg)),
                      on_checkpoint=lambda _m, _s: guard.check())

@@ -128,15 +128,6 @@ def frontend_of(data: DataConfig) -> tuple[FrontendConfig, FrontendConfig]:
 
 def parse_override(text: str) -> dict[str, Any]:
     """'a.b=value' (value parsed as YAML) -> {'a': {'b': value}}."""
-    import yaml
+    from training.engine import parse_set
 
-    key, sep, value = text.partition('=')
-    if not sep or not key:
-        raise ValueError(f'override {text!r} is not KEY=VALUE')
-    out: dict[str, Any] = {}
-    node = out
-    parts = key.strip().split('.')
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = yaml.safe_load(value)
-    return out
+    return parse_set([text])

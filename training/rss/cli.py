@@ -16,29 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from training.engine import deep_merge, distributed
+from training.engine import deep_merge, distributed, parse_set
 
 from .config import LEVELS, load_config
 
 
 def dotted(assignments: list[str]) -> dict[str, Any]:
     """['a.b=1', 'c=[x, y]'] -> {'a': {'b': 1}, 'c': ['x', 'y']} (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in assignments:
-        key, sep, value = item.partition('=')
-        if not sep or not key:
-            raise ValueError(f'--set expects KEY=VALUE, got {item!r}')
-        node: dict[str, Any] = {}
-        leaf = node
-        parts = key.split('.')
-        for p in parts[:-1]:
-            leaf[p] = {}
-            leaf = leaf[p]
-        leaf[parts[-1]] = yaml.safe_load(value)
-        out = deep_merge(out, node)
-    return out
+    return parse_set(assignments)
 
 
 def parse_overrides(extra: list[str]) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Run infrastructure of the training pipelines: machine use (threads, precision)."""
