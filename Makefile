@@ -105,7 +105,13 @@ $(RUNS)/seed%/eval_dropout/eval.json: $(RUNS)/seed%/dropout/model.safetensors
 $(RUNS)/seed%/eval_fsm/eval.json: $(RUNS)/seed%/fsm/model.safetensors
 	$(EVAL) --checkpoint $< --out $(@D) $(if $(filter $*,$(SHIP_SEED)),,--cases full,subsets --missing remove)
 
-results: setup $(RUNS)/eval_teacher/eval.json $(foreach s,$(SEEDS),$(RUNS)/seed$(s)/eval_robust/eval.json $(RUNS)/seed$(s)/eval_dropout/eval.json $(RUNS)/seed$(s)/eval_fsm/eval.json)  ## evaluate the RMMSS models on the test split -> docs/results (per-class tables, seeds' mean and s.e.)
+# HELDOUT=DIR: also evaluate the shipped student on cached shards outside the default splits
+HELDOUT ?=
+$(RUNS)/eval_heldout/eval.json: $(RUNS)/seed$(SHIP_SEED)/fsm/model.safetensors
+	$(TRAIN) evaluate --config $(RMMSS) --shards '$(HELDOUT)/*' --checkpoint $< --out $(@D) \
+	  --cases full,subsets --missing remove
+
+results: setup $(if $(HELDOUT),$(RUNS)/eval_heldout/eval.json) $(RUNS)/eval_teacher/eval.json $(foreach s,$(SEEDS),$(RUNS)/seed$(s)/eval_robust/eval.json $(RUNS)/seed$(s)/eval_dropout/eval.json $(RUNS)/seed$(s)/eval_fsm/eval.json)  ## evaluate the RMMSS models on the test split -> docs/results (per-class tables, seeds' mean and s.e.)
 	$(PY) -m training.rmmss.report --runs $(RUNS) --seeds $(SEEDS) --docs docs
 
 ROBULT ?= training/configs/robult.yaml

@@ -45,6 +45,7 @@ def _runs(tmp_path):
         _write(runs / f'seed{seed}' / 'eval_fsm' / 'eval.json', _eval(base, seed == 0))
         _write(runs / f'seed{seed}' / 'fsm' / 'config.yaml', 'run: {steps: 7}\n')
         _write(runs / f'seed{seed}' / 'eval_dropout' / 'eval.json', _eval(base - 0.02, seed == 0))
+    _write(runs / 'eval_heldout' / 'eval.json', {**_eval(0.35, False), 'shards': ['h/*']})
     return runs
 
 
@@ -69,11 +70,13 @@ def test_report_writes_json_and_markdown_section(tmp_path):
     assert fig['fsm_minus_dropout_subset_mean'] == pytest.approx(2.0)
     assert fig['teacher_train_steps'] == 123 and fig['fsm_train_steps'] == 7
     assert fig['fsm_rmm_mean'] == 40.0  # the full protocol of the shipped (first) seed
+    assert fig['heldout']['full_miou'] == 49.0 and fig['heldout']['class_iou']['mug'] == 39.0
     assert fig['val_last_fifth_change'] == {'teacher': pytest.approx(1.0)}  # 41 - 40 at step 80
     md = (docs / 'results.md').read_text()
     assert 'other section stays' in md and (docs / report.CURVE_FILE).exists()
     assert f'{fig["fsm_subset_mean"]:.2f} ± {fig["fsm_subset_mean_se"]:.2f}' in md
     assert 'IoU per class, all modalities' in md and 'IoU per class, RGB alone' in md
+    assert '| held-out | 49.00 |' in md
     assert '| mug | ' in md and f'{fig["teacher_rmm_mean"]:.2f}' in md
     report.main(['--runs', str(runs), '--docs', str(docs), '--seeds', '0', '1', '2'])
     assert (docs / 'results.md').read_text() == md  # idempotent: the section is replaced

@@ -144,8 +144,14 @@ def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
         for fig in ('zero_fill_subset_mean', 'rmm_mean', 'nm_mean', 'failures'):
             if fig in first:
                 figures[f'{key}_{fig}'] = first[fig]
-    if 'teacher_subsets' in figures:
-        figures['teacher_subset_mean_se'] = None
+    heldout = runs / 'eval_heldout' / 'eval.json'
+    if heldout.exists():  # the shipped student on a set rendered outside the default splits
+        ev = json.loads(heldout.read_text())
+        h = _eval_figures(ev)
+        figures['heldout'] = {'shards': ev.get('shards'), 'samples': h['samples'],
+                              'full_miou': h['full_miou'], 'subset_mean': h.get('subset_mean'),
+                              'class_iou': h['class_iou'],
+                              'subset_class_iou': h.get('subset_class_iou', {})}
     if 'dropout_subset_mean' in figures:  # the issue's names for the compute-matched baseline
         figures['dropout_matched_subset_mean'] = figures['dropout_subset_mean']
         figures['dropout_matched_subset_mean_se'] = figures['dropout_subset_mean_se']
@@ -229,6 +235,20 @@ def markdown(figures: dict[str, Any]) -> str:
         for f in failures:
             lines.append(f'| {f} | ' + ' | '.join(
                 _fmt(figures[f'{key}_failures'].get(f)) for _, key in with_failures) + ' |')
+    held = figures.get('heldout')
+    if held:
+        ship = figures['seeds'][0] if figures.get('seeds') else '?'
+        test = figures.get('fsm_subset_class_iou', {}).get('RDLE', {})
+        lines += ['', f'Held-out set ({held["samples"]} samples of `{held["shards"]}`: scenes '
+                      'and light outside the default splits), the shipped student (seed '
+                      f'{ship}) against the seeds\' mean on the test split, %:', '',
+                      '| | all (RDLE) | 15-subset mean | ' + ' | '.join(held['class_iou']) + ' |',
+                      '|---|---|---|' + '---|' * len(held['class_iou']),
+                      f'| held-out | {_fmt(held["full_miou"])} | {_fmt(held["subset_mean"])} | '
+                      + ' | '.join(_fmt(v) for v in held['class_iou'].values()) + ' |',
+                      f'| test | {_fmt(figures.get("fsm_full_miou"))} | '
+                      f'{_fmt(figures.get("fsm_subset_mean"))} | '
+                      + ' | '.join(_fmt(test.get(c)) for c in held['class_iou']) + ' |']
     flat = figures.get('val_last_fifth_change') or {}
     if flat:
         lines += ['', f'Validation curves: `docs/{CURVE_FILE}` (mean mIoU over the validated '
