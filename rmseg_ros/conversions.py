@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from rmseg_ros.camera import CameraIntrinsics
+from rmseg_ros.camera import CameraIntrinsics, SizeLimits, validate_intrinsics
 
 __all__ = [
     'SUPPORTED_ENCODINGS',
+    'CameraInfoGate',
     'array_to_pointcloud2',
     'camera_info_to_intrinsics',
     'encoding_layout',
@@ -465,3 +466,34 @@ def camera_info_to_intrinsics(msg: Any) -> CameraIntrinsics:
         width=int(msg.width), height=int(msg.height), K=k, D=_matrix(msg, 'd', 0),
         R=r if r.any() else np.eye(3), P=p if p.any() else None,
         distortion_model=str(msg.distortion_model))
+
+
+class CameraInfoGate:
+    """The camera model in use: each CameraInfo is converted and validated
+    (camera.validate_intrinsics); an invalid one is rejected with its reason and counted, and
+    the last valid one stays in use (one bad message must not re-size or misalign everything).
+    Never raises: any failure of the conversion is a rejection."""
+
+    def __init__(self, limits: SizeLimits | None = None) -> None:
+        self.limits = limits or SizeLimits()
+        self.camera: CameraIntrinsics | None = None
+        self.frame_id = ''
+        self.accepted = 0
+        self.rejected = 0
+
+    def update(self, msg: Any) -> str | None:
+        """Take `msg` if valid; otherwise the reason it was rejected."""
+        try:
+            width, height = int(msg.width), int(msg.height)
+            self.limits.check('CameraInfo', width, height)  # before converting anything
+            camera = camera_info_to_intrinsics(msg)
+            validate_intrinsics(camera, self.limits)
+            frame_id = str(msg.header.frame_id)
+        except Exception as exc:  # any malformed message is a rejection, whatever it raises
+            self.rejected += 1
+            text = str(exc) if isinstance(exc, ValueError) else f'{type(exc).__name__}: {exc}'
+            return text
+        self.camera = camera
+        self.frame_id = frame_id
+        self.accepted += 1
+        return None

@@ -121,11 +121,19 @@ def events_to_voxel(
         t0, t1 = t.min(), t.max()
     else:
         t0, t1 = t_range
+    if not (np.isfinite(float(t0)) and np.isfinite(float(t1))):
+        raise ValueError(f'event times must be finite, got the window {t0}..{t1}')
     if np.issubdtype(t.dtype, np.integer) and float(t0).is_integer() and float(t1).is_integer():
         # Relative times in integers: float64 of absolute ns stamps would lose precision.
-        rel = np.subtract(t, int(t0), dtype=np.int64)
+        lo, hi = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+        if not (lo <= int(t0) <= hi and lo <= int(t1) <= hi):
+            raise ValueError(f'event time window {t0}..{t1} does not fit int64')
+        with np.errstate(over='ignore'):
+            rel = np.subtract(t, int(t0), dtype=np.int64)
         span = float(int(t1) - int(t0))
     else:
+        if not np.isfinite(t).all():
+            raise ValueError('event times must be finite')
         rel = t.astype(np.float64) - float(t0)
         span = float(t1) - float(t0)
     sel = _inside(x, y, rel, span, (sh, sw))

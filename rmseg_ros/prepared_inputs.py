@@ -12,7 +12,7 @@ malformed message, a changed extrinsic, an evicted entry) falls back to building
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,11 +66,15 @@ class PreparedInputCache:
             m: OrderedDict() for m in PREPARED_MODALITIES}
         self.hits = 0
         self.misses = 0
+        # (modality, 'malformed' or the exception's type) -> messages that could not be built
+        self.failures: Counter[tuple[str, str]] = Counter()
+        self.last_failure = ''
 
     def put(self, modality: str, msg: Any, camera: CameraIntrinsics | None,
             T_cam_lidar: np.ndarray | None, event_sensor_hw: tuple[int, int] | None) -> bool:
         """Build and keep `msg`'s tensor; False when it cannot be built now (no camera or
-        extrinsic yet, malformed: the set's own build reports that)."""
+        extrinsic yet, malformed: the set's own build reports that). Never raises: a failure
+        of any kind is counted in `failures` per modality and kind."""
         if modality not in PREPARED_MODALITIES or camera is None:
             return False
         if modality == 'lidar' and T_cam_lidar is None:
@@ -78,7 +82,11 @@ class PreparedInputCache:
         try:
             prepared = prepare_input(modality, msg, camera, T_cam_lidar, event_sensor_hw,
                                      self.cfg)
-        except ValueError:
+        except Exception as exc:  # runs on the executor thread: nothing may escape it
+            kind = 'malformed' if isinstance(exc, ValueError) else type(exc).__name__
+            with self._lock:
+                self.failures[(modality, kind)] += 1
+                self.last_failure = f'{modality}: {type(exc).__name__}: {exc}'
             return False
         key = geometry_key(camera, T_cam_lidar if modality == 'lidar' else None, event_sensor_hw)
         with self._lock:

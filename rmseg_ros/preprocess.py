@@ -110,14 +110,37 @@ class ModelInput:
 
 # ----------------------------------------------------------------------------- messages -> frame
 
+#: Largest |event time| accepted, in ns (~146 years): leaves int64 room for window arithmetic.
+MAX_EVENT_TIME_NS = 2**62
+
+
+def event_times_ns(t: np.ndarray) -> np.ndarray:
+    """Event times (float seconds or integer ns) -> int64 ns; ValueError when any is
+    non-finite or beyond MAX_EVENT_TIME_NS (NaN / inf / 1e10 s would overflow int64 later, and
+    a driver that sends them sends nothing trustworthy in that packet)."""
+    if np.issubdtype(t.dtype, np.floating):
+        t = t.astype(np.float64, copy=False)
+        bad = ~(np.abs(t) <= MAX_EVENT_TIME_NS / 1e9)  # NaN compares False: caught too
+        if bad.any():
+            raise ValueError(f'event time t has {int(bad.sum())} non-finite or out-of-range '
+                             f'values (e.g. {t[bad][0]!r} s; |t| must be <= '
+                             f'{MAX_EVENT_TIME_NS / 1e9:.3g} s)')
+        return (t * 1e9).astype(np.int64)
+    if not np.issubdtype(t.dtype, np.integer):
+        raise ValueError(f'event time t must be a number field, got {t.dtype}')
+    if t.size and (int(t.max()) > MAX_EVENT_TIME_NS or int(t.min()) < -MAX_EVENT_TIME_NS):
+        raise ValueError(f'event time t out of range ({int(t.min())}..{int(t.max())} ns; '
+                         f'|t| must be <= {MAX_EVENT_TIME_NS})')
+    return t.astype(np.int64)
+
+
 def _events_from_cloud(msg: Any) -> EventBatch:
     cloud = conversions.pointcloud2_to_array(msg).reshape(-1)
     names = cloud.dtype.names or ()
     missing = {'x', 'y', 't', 'p'} - set(names)
     if missing:
         raise ValueError(f'event cloud lacks fields {sorted(missing)} (has {list(names)})')
-    t = cloud['t']
-    t_ns = (t * 1e9).astype(np.int64) if np.issubdtype(t.dtype, np.floating) else t.astype(np.int64)
+    t_ns = event_times_ns(cloud['t'])
     # integer pixel fields keep their width (uint16 in the standard layout): a quarter of the
     # memory traffic of int64 in the voxel grid
     x, y = (np.ascontiguousarray(cloud[k]) if np.issubdtype(cloud[k].dtype, np.integer)
@@ -143,9 +166,9 @@ def frame_from_messages(stamp_ns: int, messages: dict[str, Any], camera: CameraI
     for modality, msg in messages.items():
         try:
             if modality == 'rgb':
-                frame.rgb = conversions.image_to_rgb(msg)
+                frame.rgb = _non_empty(conversions.image_to_rgb(msg))
             elif modality == 'depth':
-                frame.depth = conversions.image_to_numpy(msg)
+                frame.depth = _non_empty(conversions.image_to_numpy(msg))
                 frame.depth_encoding = msg.encoding
             elif modality == 'lidar':
                 cloud = conversions.pointcloud2_to_array(msg).reshape(-1)
@@ -159,14 +182,28 @@ def frame_from_messages(stamp_ns: int, messages: dict[str, Any], camera: CameraI
                 if hasattr(msg, 'fields'):
                     frame.events = _events_from_cloud(msg)
                 else:
-                    frame.event_image = conversions.image_to_numpy(msg)
+                    frame.event_image = _non_empty(conversions.image_to_numpy(msg))
             else:
                 raise ValueError(f'unknown modality {modality!r}; known: {list(MODALITIES)}')
-        except ValueError as exc:
+        except Exception as exc:  # online: any failure costs only this modality
             if errors is None:
-                raise ValueError(f'{modality}: {exc}') from exc
-            errors[modality] = str(exc)
+                if isinstance(exc, ValueError):
+                    raise ValueError(f'{modality}: {exc}') from exc
+                raise
+            errors[modality] = _reason(exc)
     return frame
+
+
+def _non_empty(image: np.ndarray) -> np.ndarray:
+    """An image with pixels; a 0 x N image would only fail later, inside a resize."""
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f'image is empty ({image.shape[1]} x {image.shape[0]})')
+    return image
+
+
+def _reason(exc: BaseException) -> str:
+    """A rejection reason: the text of a ValueError (our own checks), else type and text."""
+    return str(exc) if isinstance(exc, ValueError) else f'{type(exc).__name__}: {exc}'
 
 
 # ----------------------------------------------------------------------------- frame -> tensors
@@ -320,10 +357,10 @@ def build_model_input(frame: RawFrame, cfg: FrontendConfig,
             continue
         try:
             tensor, reason, *extra = step(frame, cfg)
-        except ValueError as exc:
+        except Exception as exc:  # one bad modality costs only itself (cv2.error included)
             if errors is None:
                 raise
-            errors[modality] = str(exc)
+            errors[modality] = _reason(exc)
             continue
         tensors[modality] = tensor
         if extra:
