@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rmseg_ros.camera import SizeLimits
 from rmseg_ros.config import config_path, load_yaml
 from rmseg_ros.freshness import FreshnessConfig
 from rmseg_ros.modalities import MODALITIES
@@ -61,6 +62,7 @@ def parse_csv(text: str) -> tuple[str, ...]:
 
 _SYNC, _OUT, _CHK, _DEG = SyncConfig(), OutputConfig(), InputCheckConfig(), DegradedConfig()
 _FRESH = FreshnessConfig()
+_LIM = SizeLimits()
 
 PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
     # model
@@ -166,6 +168,12 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
               'per pixel per window is a storm (degraded).'),
     ParamSpec('degraded.drop', 'rgb,depth,lidar,event', 'Comma-separated modalities removed from '
               'fusion when degraded (the others are fed anyway).'),
+    # size limits on untrusted messages (rmseg_ros.camera.SizeLimits)
+    ParamSpec('limits.max_side', _LIM.max_side, 'Largest width or height (pixels) a CameraInfo '
+              'or the event sensor may have; a larger one is rejected before anything is '
+              'allocated (the last valid CameraInfo stays in use).'),
+    ParamSpec('limits.max_pixels', _LIM.max_pixels, 'Largest width x height (pixels) of a '
+              'CameraInfo or the event sensor: the camera size sets the output images.'),
     # reporting
     ParamSpec('diagnostics_period_s', 1.0, 'Period of /diagnostics messages (s).'),
     ParamSpec('log_throttle_s', 5.0, 'Minimum seconds between repeated warnings of one kind.'),
@@ -211,8 +219,8 @@ def _ros_value(name: str, value: Any, default: Any) -> Any:
 
 
 def parameters_from_config(data: dict[str, Any]) -> dict[str, Any]:
-    """A perception YAML (sections node, sync, output, checks, worker, frontend.degraded) ->
-    overrides.
+    """A perception YAML (sections node, sync, output, checks, worker, limits,
+    frontend.degraded) -> overrides.
 
     Unknown keys are errors. The `frontend` section other than `degraded` is the training
     front-end (the node takes normalisation and size from its checkpoint) and is skipped here.
@@ -228,7 +236,7 @@ def parameters_from_config(data: dict[str, Any]) -> dict[str, Any]:
                 flat['degraded.drop'] = [m for m, v in policy.items() if v == 'drop']
         elif section == 'node':
             _flatten('', body, flat)
-        elif section in ('sync', 'output', 'checks', 'worker'):
+        elif section in ('sync', 'output', 'checks', 'worker', 'limits'):
             _flatten(section, body, flat)
         else:
             raise ValueError(f'unknown section {section!r} in the perception config')

@@ -38,7 +38,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import SetBool
 
 from rmseg_ros import conversions
-from rmseg_ros.camera import CameraIntrinsics
+from rmseg_ros.camera import CameraIntrinsics, SizeLimits
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import share_path
 from rmseg_ros.diagnostics import PerceptionStats, statuses
@@ -105,6 +105,7 @@ class PerceptionNode(LifecycleNode):
         self._service = None
         self._camera: CameraIntrinsics | None = None
         self._camera_frame = ''
+        self._camera_gate = conversions.CameraInfoGate()
         self._robot_mask: tuple[int, np.ndarray] | None = None
         self._tf = TransformTree()
         self._lidar_frame_seen = ''
@@ -142,6 +143,13 @@ class PerceptionNode(LifecycleNode):
                 worker=section_from_parameters(FreshnessConfig, 'worker', p),
                 degraded=degraded)
             self.T_cam_lidar_param = extrinsic_matrix(p['lidar_extrinsic'])
+            self.limits = section_from_parameters(SizeLimits, 'limits', p)
+            w, h = (int(v) for v in p['event_sensor_size'])
+            self.event_sensor_hw = None
+            if w or h:  # [0, 0] = the camera's size (checked with each CameraInfo)
+                self.limits.check('event_sensor_size', w, h)
+                self.event_sensor_hw = (h, w)
+            self._camera_gate = conversions.CameraInfoGate(self.limits)
             for key in ('camera_transport', 'event_format', 'qos_reliability', 'backend',
                         'device'):
                 allowed = {'camera_transport': ('raw', 'compressed'),
@@ -152,12 +160,12 @@ class PerceptionNode(LifecycleNode):
                 if p[key] not in allowed:
                     raise ValueError(f'{key} must be one of {allowed}, got {p[key]!r}')
             self._load_model()
-        except (ValueError, OSError, KeyError) as exc:
-            self.get_logger().error(f'configure failed: {exc}')
+        except Exception as exc:  # any reason, logged: "autostart failed" alone says nothing
+            self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}'
+                                    if not isinstance(exc, (ValueError, OSError))
+                                    else f'configure failed: {exc}')
             return FAILURE
         self.sync = FailoverSynchronizer(self.sync_cfg)
-        w, h = (int(v) for v in p['event_sensor_size'])
-        self.event_sensor_hw = (h, w) if w > 0 and h > 0 else None
         self.get_logger().info(
             f'configured: checkpoint={self._checkpoint_path(p)} device={self.segmenter.device} '
             f'backend={self.segmenter.backend} model_input={self.segmenter.input_hw} '
@@ -192,8 +200,8 @@ class PerceptionNode(LifecycleNode):
         if self.pipeline is None:
             try:
                 self._load_model()
-            except (ValueError, OSError) as exc:
-                self.get_logger().error(f'activate failed: {exc}')
+            except Exception as exc:  # any reason, logged
+                self.get_logger().error(f'activate failed: {type(exc).__name__}: {exc}')
                 return FAILURE
         self.worker = LatestOnlyWorker(self._process, self._on_worker_error, 'perception',
                                        FreshnessPolicy(self.cfg.worker))
@@ -251,19 +259,21 @@ class PerceptionNode(LifecycleNode):
             self._subs.append(self.create_subscription(
                 cls, topic, cb, q, event_callbacks=self._events(topic)))
 
+        guard = self._guarded
         if 'rgb' in mods:
             cls = CompressedImage if p['camera_transport'] == 'compressed' else Image
-            sub(cls, p['camera_topic'], lambda m: self._on_sensor('rgb', m))
-        sub(CameraInfo, p['camera_info_topic'], self._on_camera_info)
+            sub(cls, p['camera_topic'], guard('rgb', lambda m: self._on_sensor('rgb', m)))
+        sub(CameraInfo, p['camera_info_topic'], guard('camera_info', self._on_camera_info))
         if 'depth' in mods:
-            sub(Image, p['depth_topic'], lambda m: self._on_sensor('depth', m))
+            sub(Image, p['depth_topic'], guard('depth', lambda m: self._on_sensor('depth', m)))
         if 'lidar' in mods:
-            sub(PointCloud2, p['lidar_topic'], lambda m: self._on_sensor('lidar', m))
+            sub(PointCloud2, p['lidar_topic'],
+                guard('lidar', lambda m: self._on_sensor('lidar', m)))
         if 'event' in mods:
             cls = Image if p['event_format'] == 'image' else PointCloud2
-            sub(cls, p['event_topic'], lambda m: self._on_sensor('event', m))
+            sub(cls, p['event_topic'], guard('event', lambda m: self._on_sensor('event', m)))
         if p['use_robot_mask']:
-            sub(Image, p['robot_mask_topic'], self._on_robot_mask)
+            sub(Image, p['robot_mask_topic'], guard('robot_mask', self._on_robot_mask))
         try:
             from tf2_msgs.msg import TFMessage  # not installable everywhere (e.g. pip wheels)
         except ImportError:
@@ -274,7 +284,8 @@ class PerceptionNode(LifecycleNode):
 
             latched = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                  reliability=ReliabilityPolicy.RELIABLE)
-            sub(TFMessage, p['tf_static_topic'], self._on_tf_static, latched)
+            sub(TFMessage, p['tf_static_topic'], guard('tf_static', self._on_tf_static),
+                latched)
         out_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
         self._pubs = {
             'labels': self.create_publisher(Image, '~/labels', out_qos),
@@ -315,13 +326,27 @@ class PerceptionNode(LifecycleNode):
         self.get_logger().info(response.message)
         return response
 
+    def _guarded(self, name: str, callback: Any) -> Any:
+        """`callback` that never lets an exception reach the executor (spin() would end and
+        the robot lose its perception): it is counted per input and kind, logged throttled."""
+        def run(msg: Any) -> None:
+            try:
+                callback(msg)
+            except Exception as exc:
+                self.stats.problem(name, f'exception.{type(exc).__name__}')
+                self.get_logger().error(
+                    f'{name}: message dropped, {type(exc).__name__}: {exc}',
+                    throttle_duration_sec=float(self.p['log_throttle_s']))
+        return run
+
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        try:
-            self._camera = conversions.camera_info_to_intrinsics(msg)
-            self._camera_frame = msg.header.frame_id
-        except ValueError as exc:
+        why = self._camera_gate.update(msg)
+        if why is not None:
             self.stats.problem('camera_info', 'invalid')
-            self._warn(f'ignoring CameraInfo: {exc}')
+            self._warn(f'ignoring CameraInfo (the last valid one stays in use): {why}')
+            return
+        self._camera = self._camera_gate.camera
+        self._camera_frame = self._camera_gate.frame_id
 
     def _on_tf_static(self, msg: Any) -> None:
         self._tf.add_message(msg)
@@ -489,6 +514,8 @@ class PerceptionNode(LifecycleNode):
         if self.pipeline is not None:  # LiDAR / event tensors built on arrival vs with the set
             extra['prepared_inputs_used'] = self.pipeline.prepared.hits
             extra['prepared_inputs_missed'] = self.pipeline.prepared.misses
+            for (modality, kind), n in sorted(self.pipeline.prepared.failures.items()):
+                extra[f'prepared_inputs_failed.{modality}.{kind}'] = n
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         for st in statuses(self.get_name(), states, self.stats.snapshot(), extra, blocked,

@@ -1,0 +1,82 @@
+"""The perception node's callbacks never let an exception reach the executor (issue 21): a bad
+CameraInfo is rejected and the last valid one kept, a NaN event time or any failure in a
+callback is counted per input and kind, and configure reports why it failed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sensor_msgs.msg import CameraInfo
+
+from rmseg_ros import conversions
+
+pytestmark = pytest.mark.ros
+
+
+def _camera_info(width=160, height=120):
+    f = 100.0
+    return CameraInfo(width=width, height=height, distortion_model='plumb_bob',
+                      k=[f, 0.0, width / 2, 0.0, f, height / 2, 0.0, 0.0, 1.0], d=[0.0] * 5,
+                      r=np.eye(3).ravel().tolist())
+
+
+@pytest.fixture
+def node(tiny_checkpoint, rclpy_context):
+    from rclpy.parameter import Parameter
+
+    from rmseg_ros.nodes.perception_node import SUCCESS, PerceptionNode
+
+    overrides = [Parameter('autostart', value=False),
+                 Parameter('checkpoint', value=str(tiny_checkpoint)),
+                 Parameter('backend', value='torch'), Parameter('device', value='cpu'),
+                 Parameter('checks.max_age_s', value=0.0),
+                 Parameter('checks.max_future_s', value=0.0)]
+    n = PerceptionNode(context=rclpy_context, parameter_overrides=overrides)
+    assert n.trigger_configure() == SUCCESS and n.trigger_activate() == SUCCESS
+    yield n
+    n.trigger_deactivate()
+    n.destroy_node()
+
+
+def _callback(node, topic):
+    return next(s.callback for s in node._subs if s.topic_name == topic)
+
+
+def test_callbacks_reject_bad_messages_and_never_raise(node):
+    on_info = _callback(node, '/camera/camera_info')
+    on_info(_camera_info())
+    good = node._camera
+    assert good is not None and good.width == 160
+    for bad in (_camera_info(0, 120), _camera_info(4294967295, 4294967295),
+                _camera_info(100000, 100000)):
+        on_info(bad)  # must not raise, must not replace the camera
+    assert node._camera is good
+    assert node.stats.problems[('camera_info', 'invalid')] == 3
+
+    arr = np.zeros(1, dtype=[('x', '<u2'), ('y', '<u2'), ('t', '<f8'), ('p', 'i1')])
+    arr['t'] = np.nan
+    cloud = conversions.array_to_pointcloud2(arr)
+    cloud.header.stamp.sec = 1
+    _callback(node, '/events')(cloud)  # goes to the synchroniser; nothing escapes
+
+    class Broken:  # a message no conversion can read: any exception, not only ValueError
+        def __getattr__(self, name):
+            raise RuntimeError(f'no {name}')
+
+    _callback(node, '/lidar/points')(Broken())
+    _callback(node, '/camera/camera_info')(Broken())
+    assert node.stats.problems[('lidar', 'exception.RuntimeError')] == 1
+    assert node.stats.problems[('camera_info', 'invalid')] == 4  # the gate's own rejection
+    assert node._camera is good
+
+
+def test_event_sensor_size_beyond_the_limits_fails_configure(tiny_checkpoint, rclpy_context):
+    from rclpy.parameter import Parameter
+
+    from rmseg_ros.nodes.perception_node import FAILURE, PerceptionNode
+
+    n = PerceptionNode(context=rclpy_context, parameter_overrides=[
+        Parameter('autostart', value=False), Parameter('checkpoint', value=str(tiny_checkpoint)),
+        Parameter('event_sensor_size', value=[4294967295.0, 4294967295.0])])
+    assert n.trigger_configure() == FAILURE
+    n.destroy_node()
