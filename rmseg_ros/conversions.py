@@ -155,6 +155,14 @@ def _set_uint8_data(msg: Any, flat: np.ndarray) -> None:
 
 # --------------------------------------------------------------------------- images
 
+# ROS Bayer encodings -> OpenCV conversion codes. OpenCV names a pattern by the second row's
+# second and third pixels, so ROS 'rggb' (R at (0, 0)) is OpenCV's 'BayerBG' (cv_bridge's table);
+# the test checks each with a mosaic of known colour.
+_BAYER_TO_RGB: dict[str, str] = {
+    f'bayer_{pattern}{bits}': f'COLOR_{cv_name}2RGB' for bits in (8, 16)
+    for pattern, cv_name in (('rggb', 'BayerBG'), ('bggr', 'BayerRG'), ('gbrg', 'BayerGR'),
+                             ('grbg', 'BayerGB'))}
+
 
 def image_to_numpy(msg: Any) -> np.ndarray:
     """Image or CompressedImage -> ndarray, (H, W) for one channel, (H, W, C) otherwise.
@@ -241,8 +249,16 @@ def image_to_rgb(msg: Any) -> np.ndarray:
         return np.ascontiguousarray(arr[..., 2::-1])
     if encoding in ('mono8', '8UC1'):
         return np.repeat(arr[..., None], 3, axis=2)
+    if encoding in _BAYER_TO_RGB:
+        import cv2  # only Bayer images need OpenCV here
+
+        rgb = cv2.cvtColor(np.ascontiguousarray(arr), getattr(cv2, _BAYER_TO_RGB[encoding]))
+        if rgb.dtype == np.uint16:  # 16-bit mosaics: the top 8 bits, as cv_bridge's rgb8
+            rgb = (rgb >> 8).astype(np.uint8)
+        return rgb
     raise ValueError(f'cannot make 8-bit RGB from encoding {encoding or arr.dtype!r}; expected '
-                     'rgb8, bgr8, rgba8, bgra8, mono8, 8UC1 or 8UC3')
+                     'rgb8, bgr8, rgba8, bgra8, mono8, 8UC1, 8UC3 or bayer_<rggb|bggr|gbrg|grbg>'
+                     '<8|16>')
 
 
 def numpy_to_image(array: np.ndarray, encoding: str, header: Any = None, *,

@@ -79,8 +79,8 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('autostart', True, 'Configure and activate on start (false: wait for lifecycle '
               'transitions from a manager).'),
     # topics
-    ParamSpec('camera_topic', 'camera/image', 'RGB camera: sensor_msgs/Image (rgb8, bgr8, mono8, '
-              '...) or CompressedImage (see camera_transport).'),
+    ParamSpec('camera_topic', 'camera/image', 'RGB camera: sensor_msgs/Image (rgb8, bgr8, '
+              'mono8, bayer_* debayered, ...) or CompressedImage (see camera_transport).'),
     ParamSpec('camera_transport', 'raw', "'raw' (Image) or 'compressed' (CompressedImage)."),
     ParamSpec('camera_info_topic', 'camera/camera_info', 'CameraInfo of the RGB camera; every '
               'modality is aligned to it.'),

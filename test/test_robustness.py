@@ -181,3 +181,28 @@ def test_a_step_raising_anything_costs_only_its_modality(monkeypatch):
     errors: dict[str, str] = {}
     out = build_model_input(frame, CFG, errors=errors)
     assert 'resize assertion' in errors['depth'] and 'rgb' in out.tensors
+
+
+# ---------------------------------------------------------------- item 13: Bayer images
+
+_RGB = (200, 100, 50)
+
+
+def _bayer(pattern: str, bits: int = 8) -> Image:
+    """An 8 x 6 mosaic of one colour, tiled 2 x 2 as `pattern` says (e.g. 'rggb': R at (0, 0),
+    G at (0, 1) and (1, 0), B at (1, 1)): debayered, every pixel must be that colour."""
+    value = dict(zip('rgb', _RGB, strict=True))
+    tile = np.array([[value[pattern[0]], value[pattern[1]]],
+                     [value[pattern[2]], value[pattern[3]]]])
+    scale = 1 if bits == 8 else 257
+    mosaic = (np.tile(tile, (3, 4)) * scale).astype(np.uint8 if bits == 8 else np.uint16)
+    return conversions.numpy_to_image(mosaic, f'bayer_{pattern}{bits}')
+
+
+@pytest.mark.parametrize('bits', [8, 16])
+@pytest.mark.parametrize('pattern', ['rggb', 'bggr', 'gbrg', 'grbg'])
+def test_bayer_images_are_debayered_to_rgb(pattern, bits):
+    rgb = conversions.image_to_rgb(_bayer(pattern, bits))
+    assert rgb.shape == (6, 8, 3) and rgb.dtype == np.uint8 and rgb.flags.c_contiguous
+    # the interior (borders are extrapolated by OpenCV) is exactly the tiled colour
+    np.testing.assert_array_equal(rgb[2:-2, 2:-2], np.broadcast_to(_RGB, (2, 4, 3)))
