@@ -62,6 +62,16 @@ class _OnnxGraph(nn.Module):
         return self.model(inputs, presence > 0.5, static=True, upsample=False).logits
 
 
+def onnxruntime_offline() -> Any:
+    """onnxruntime with its telemetry switched off: a robot's perception must not contact
+    anyone (the node was seen resolving mobile.events.data.microsoft.com after configure).
+    Every InferenceSession of the package is created after this call."""
+    import onnxruntime as ort
+
+    ort.disable_telemetry_events()
+    return ort
+
+
 def _is_cuda_failure(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
@@ -200,8 +210,7 @@ class Segmenter:
         self.device = device
 
     def _onnx_session(self, path: Path | None, device: str, num_threads: int | None):
-        import onnxruntime as ort
-
+        ort = onnxruntime_offline()
         if path is None:
             raise ValueError('backend onnx needs an exported model path')
         opts = ort.SessionOptions()
