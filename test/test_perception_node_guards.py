@@ -80,3 +80,33 @@ def test_event_sensor_size_beyond_the_limits_fails_configure(tiny_checkpoint, rc
         Parameter('event_sensor_size', value=[4294967295.0, 4294967295.0])])
     assert n.trigger_configure() == FAILURE
     n.destroy_node()
+
+
+def test_configure_reports_any_load_failure_and_refuses(tiny_checkpoint, rclpy_context,
+                                                        tmp_path, monkeypatch):
+    from rclpy.parameter import Parameter
+
+    from rmseg_ros.inference import Segmenter
+    from rmseg_ros.nodes.perception_node import FAILURE, PerceptionNode
+
+    def node(checkpoint):
+        return PerceptionNode(context=rclpy_context, parameter_overrides=[
+            Parameter('autostart', value=False), Parameter('checkpoint', value=str(checkpoint)),
+            Parameter('backend', value='torch')])
+
+    logged: list[str] = []
+    directory = node(tmp_path)
+    monkeypatch.setattr(type(directory.get_logger()), 'error',
+                        lambda self, text, **kw: logged.append(text))
+    assert directory.trigger_configure() == FAILURE
+    assert 'is a directory' in logged[-1]
+    directory.destroy_node()
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError('DefaultCPUAllocator: not enough memory')
+
+    monkeypatch.setattr(Segmenter, 'from_checkpoint', out_of_memory)
+    oom = node(tiny_checkpoint)
+    assert oom.trigger_configure() == FAILURE
+    assert 'RuntimeError: DefaultCPUAllocator' in logged[-1]
+    oom.destroy_node()

@@ -176,6 +176,7 @@ class PerceptionNode(LifecycleNode):
 
     def _load_model(self) -> None:
         from rmseg_ros.inference import Segmenter
+        from rmseg_ros.models.checkpoint import check_file
 
         p = self.p
         backend = p['backend']
@@ -186,8 +187,7 @@ class PerceptionNode(LifecycleNode):
             on_cuda = device == 'cuda' or (device == 'auto' and torch.cuda.is_available())
             backend = 'torch' if on_cuda else 'onnx'
         path = self._checkpoint_path(p)
-        if not path.is_file():
-            raise ValueError(f'checkpoint {path} does not exist')
+        check_file(path)  # says what a directory or /dev/zero is, instead of "missing"
         self.segmenter = Segmenter.from_checkpoint(
             path, device=device, backend=backend, expected_classes=self.classes.names,
             num_threads=inference_threads(int(p['num_threads'])))
