@@ -358,9 +358,14 @@ class ModalitySynchronizer:
         if self._last_drop is not None:
             return self._last_drop
         if len(self._pending) > max(1, self._qs // 2):
+            # An optional partner with a timeout does not block: pivots waiting for it go out
+            # without it once it times out (or the pivot queue fills), so output is only
+            # delayed; naming it here reported a stopped optional LiDAR as "no output" (issue
+            # 21). Without a timeout every pivot waits until forced out: that one is named.
             head = self._pending[0]
             for m in self._partners:
-                if not self._decided(head, m):
+                blocks = m.required or m.timeout_ns is None
+                if blocks and not self._decided(head, m):
                     if m.newest is None:
                         return f'waiting for modality {m.name!r} (never received, no timeout)'
                     lag = (head.stamp - m.newest) / NS_PER_S

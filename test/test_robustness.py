@@ -206,3 +206,30 @@ def test_bayer_images_are_debayered_to_rgb(pattern, bits):
     assert rgb.shape == (6, 8, 3) and rgb.dtype == np.uint8 and rgb.flags.c_contiguous
     # the interior (borders are extrapolated by OpenCV) is exactly the tiled colour
     np.testing.assert_array_equal(rgb[2:-2, 2:-2], np.broadcast_to(_RGB, (2, 4, 3)))
+
+
+# ---------------------------------------------------------------- item 7: optional modalities
+
+def test_a_stopped_optional_modality_is_never_reported_as_blocking_output():
+    from rmseg_ros.sync import ModalitySynchronizer, SyncConfig
+
+    sync = ModalitySynchronizer(SyncConfig(
+        modalities=('rgb', 'lidar'), pivot='rgb', required=('rgb',), timeouts={'lidar': 0.5}))
+    ms = 1_000_000
+    t0 = STAMP
+    for k in range(20):  # LiDAR at 10 Hz, camera at 30 Hz, then LiDAR stops at 0.5 s
+        for i in range(3):
+            stamp = t0 + (k * 100 + i * 33) * ms
+            if k < 5 and i == 0:
+                sync.add('lidar', stamp, 'scan')
+            sync.add('rgb', stamp, 'frame')
+            why = sync.blocked_reason
+            assert why is None or 'lidar' not in why, (k, i, why)
+    assert sync.states()['lidar'].state == 'stale'
+    assert sync.sets_emitted >= 50  # output went on without the LiDAR
+    # a required modality that stops is still named
+    strict = ModalitySynchronizer(SyncConfig(modalities=('rgb', 'lidar'), pivot='rgb',
+                                             required=('rgb', 'lidar')))
+    for k in range(12):
+        strict.add('rgb', t0 + k * 33 * ms, 'frame')
+    assert "'lidar'" in strict.blocked_reason
