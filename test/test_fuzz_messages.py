@@ -44,7 +44,7 @@ def _bytes(rng: random.Random, data: bytes) -> bytes:
         return data[:rng.randrange(len(data) + 1)]
     if choice == 1:
         return bytes(rng.getrandbits(8) for _ in range(rng.randrange(64)))
-    if choice == 2:
+    if choice == 2 and data:
         arr = bytearray(data)
         for _ in range(rng.randrange(1, 32)):
             arr[rng.randrange(len(arr))] = rng.getrandbits(8)
