@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
 
         onnx_times: dict[str, list[float]] = {}
         if not args.no_onnx:
-            import onnxruntime as ort
+            from rmseg_ros.inference import export_onnx, onnxruntime_offline
 
-            from rmseg_ros.inference import export_onnx
+            ort = onnxruntime_offline()  # no telemetry from the benchmark either
 
             feed = {m: t.numpy() for m, t in inputs.items()}
             feed['presence'] = np.ones((1, 4), np.float32)
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     # steal the cores from the one being timed
                     session = ort.InferenceSession(str(path), opts,
                                                    providers=['CPUExecutionProvider'])
-                    def run(s: ort.InferenceSession = session) -> object:
+                    def run(s: object = session) -> object:
                         return labels_from_logits(s.run(None, feed)[0][0], hw)
 
                     onnx_times.update(_blocks({name: run}, args.runs, args.warmup))
