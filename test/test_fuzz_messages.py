@@ -52,17 +52,21 @@ def _bytes(rng: random.Random, data: bytes) -> bytes:
     return data
 
 
+def _int_field(rng: random.Random, msg, what: int, names: tuple[str, ...]) -> bool:
+    """Cases 0..len(names)-1 of a mutator: that integer field gets a wild value."""
+    if what >= len(names):
+        return False
+    setattr(msg, names[what], _int(rng))
+    return True
+
+
 def _image(rng: random.Random, msg):
     msg = copy.deepcopy(msg)
     for _ in range(rng.randrange(1, 4)):
         what = rng.randrange(6)
-        if what == 0:
-            msg.width = _int(rng)
-        elif what == 1:
-            msg.height = _int(rng)
-        elif what == 2:
-            msg.step = _int(rng)
-        elif what == 3:
+        if _int_field(rng, msg, what, ('width', 'height', 'step')):
+            continue
+        if what == 3:
             msg.encoding = rng.choice(ENCODINGS)
         elif what == 4:
             msg.is_bigendian = rng.randrange(2)
@@ -75,15 +79,9 @@ def _cloud(rng: random.Random, msg, event: bool):
     msg = copy.deepcopy(msg)
     for _ in range(rng.randrange(1, 4)):
         what = rng.randrange(7)
-        if what == 0:
-            msg.width = _int(rng)
-        elif what == 1:
-            msg.height = _int(rng)
-        elif what == 2:
-            msg.point_step = _int(rng)
-        elif what == 3:
-            msg.row_step = _int(rng)
-        elif what == 4 and msg.fields:
+        if _int_field(rng, msg, what, ('width', 'height', 'point_step', 'row_step')):
+            continue
+        if what == 4 and msg.fields:
             f = rng.choice(msg.fields)
             field = rng.randrange(4)
             if field == 0:
@@ -116,11 +114,9 @@ def _camera_info(rng: random.Random, msg):
     msg = copy.deepcopy(msg)
     for _ in range(rng.randrange(1, 4)):
         what = rng.randrange(7)
-        if what == 0:
-            msg.width = _int(rng)
-        elif what == 1:
-            msg.height = _int(rng)
-        elif what == 2:
+        if _int_field(rng, msg, what, ('width', 'height')):
+            continue
+        if what == 2:
             k = list(msg.k)
             k[rng.randrange(9)] = rng.choice(WILD_FLOATS)
             msg.k = k

@@ -514,7 +514,7 @@ class Trainer:
                  resume_ignore: tuple[str, ...] = RESUME_IGNORE) -> None:
         self.ctx = ctx or DistContext(device=resolve_device(run.device))
         self.threads = machine.apply_thread_policy(run.threads, run.interop_threads,
-                                                   self._workers(run), self.ctx.world_size)
+                                                   run.num_workers, self.ctx.world_size)
         self.amp_dtype = machine.autocast_dtype(run.amp, self.ctx.device)
         self.model = model.to(self.ctx.device)
         if run.channels_last:
@@ -545,13 +545,6 @@ class Trainer:
                 else None, find_unused_parameters=run.find_unused_parameters)
         else:
             self.ddp = self.model
-
-    def _workers(self, run: RunConfig) -> int:
-        if run.num_workers >= 0:
-            return run.num_workers
-        threads = machine.intra_op_threads(run.threads, self.ctx.world_size)
-        spare = machine.usable_cores() - threads * self.ctx.world_size
-        return 1 if spare >= self.ctx.world_size else 0
 
     def _prepare_batch(self, batch: Any, step: int) -> Any:
         """Device, the low-resolution phase, memory format."""

@@ -42,6 +42,16 @@ def intra_op_threads(requested: int, world_size: int = 1, cores: int | None = No
     return max(1, (cores - 1) // max(1, world_size))
 
 
+def loader_workers(requested: int, intra_op: int, world_size: int = 1,
+                   cores: int | None = None) -> int:
+    """`requested` if >= 0, else one worker per rank when the cores left beside the torch
+    threads allow it, otherwise 0 (loading in the training process)."""
+    if requested >= 0:
+        return int(requested)
+    cores = usable_cores() if cores is None else cores
+    return 1 if cores - intra_op * world_size >= world_size else 0
+
+
 @dataclass(frozen=True)
 class ThreadPolicy:
     intra_op: int
@@ -59,8 +69,9 @@ def apply_thread_policy(threads: int, interop_threads: int, num_workers: int,
     torch allows the inter-op pool to be sized only before its first use; a later call keeps
     the existing pool (logged at debug level)."""
     global _applied
-    policy = ThreadPolicy(intra_op_threads(threads, world_size), max(1, int(interop_threads)),
-                          max(0, int(num_workers)))
+    intra = intra_op_threads(threads, world_size)
+    policy = ThreadPolicy(intra, max(1, int(interop_threads)),
+                          loader_workers(num_workers, intra, world_size))
     torch.set_num_threads(policy.intra_op)
     if torch.get_num_interop_threads() != policy.inter_op:
         try:
