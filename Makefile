@@ -53,8 +53,8 @@ bench: setup  ## every benchmark script, one figure per line
 
 # The default data set (deterministic from the seeds; regenerated, never committed).
 DATA ?= data
-DATA_SCENES ?= 120
-DATA_FRAMES ?= 30
+DATA_SCENES ?= 360
+DATA_FRAMES ?= 10
 TRAIN := $(PY) -m training.cli
 
 data: setup  ## render the default sim data set and cache its shards (data/)

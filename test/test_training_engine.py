@@ -78,9 +78,87 @@ def test_weighted_ohem_averages_kept_pixels_by_class_weight():
 
 def test_intra_op_threads_rule():
     assert machine.intra_op_threads(3, world_size=1, cores=2) == 3  # asked for: given
-    assert machine.intra_op_threads(0, world_size=1, cores=2) == 1  # all cores but one
-    assert machine.intra_op_threads(0, world_size=2, cores=16) == 7
+    assert machine.intra_op_threads(0, world_size=1, cores=2) == 2  # all cores: the tuner's top
+    assert machine.intra_op_threads(0, world_size=2, cores=16) == 8
     assert machine.intra_op_threads(0, world_size=4, cores=2) == 1  # never below one
+
+
+class StepClock:
+    """A clock whose step durations depend on the thread count in force (set by the tuner)."""
+
+    def __init__(self, cost: dict[int, float]) -> None:
+        self.cost, self.now, self.threads, self.calls = dict(cost), 0.0, 0, []
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+
+    def __call__(self) -> float:
+        return self.now
+
+    def run_step(self, tuner: machine.ThreadTuner, step: int) -> int:
+        tuner.before_step(step)
+        used = self.threads
+        self.now += self.cost[used]
+        tuner.after_step(step)
+        self.calls.append(used)
+        return used
+
+
+def test_thread_tuner_keeps_the_faster_count_and_follows_a_change_of_load():
+    clock = StepClock({1: 0.30, 2: 0.18})  # idle host: two threads faster
+    tuner = machine.ThreadTuner([2, 1, 2], every=10, start=3, probe_steps=2, clock=clock,
+                                set_threads=clock.set_threads)
+    assert tuner.candidates == [1, 2] and tuner.chosen == 2
+    used = [clock.run_step(tuner, s) for s in range(1, 13)]
+    assert used[:2] == [2, 2]  # before `start`: the largest count
+    assert used[2:6] == [1, 1, 2, 2]  # steps 3-6 probe each count twice
+    assert used[6:12] == [2] * 6 and tuner.chosen == 2
+    assert tuner.history == [{'step': 6, 'threads': 2,
+                              'median_step_s': {'1': 0.3, '2': 0.18}}]
+    clock.cost = {1: 0.30, 2: 0.90}  # another process takes a core: one thread is faster
+    used = [clock.run_step(tuner, s) for s in range(13, 24)]
+    assert used[:4] == [1, 1, 2, 2]  # step 13 = start + every: probe again
+    assert used[4:] == [1] * 7 and tuner.chosen == 1
+    assert [h['threads'] for h in tuner.history] == [2, 1]
+
+
+def test_thread_tuner_with_one_candidate_never_probes():
+    clock = StepClock({1: 0.1})
+    tuner = machine.ThreadTuner([1], every=1, start=1, clock=clock,
+                                set_threads=clock.set_threads)
+    assert [clock.run_step(tuner, s) for s in range(1, 6)] == [1] * 5 and tuner.history == []
+    with pytest.raises(ValueError):
+        machine.ThreadTuner([1, 2], every=0)
+
+
+def test_trainer_steps_run_at_the_tuners_thread_counts(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        seen: list = []
+        trainer = _conv_trainer(tmp_path / 'run', seen, threads=0, steps=6)
+        if trainer.tuner is None:  # a 1-core host has nothing to choose from
+            assert machine.usable_cores() == 1
+            return
+        clock = StepClock({1: 0.1, trainer.threads.intra_op: 0.5})
+        trainer.tuner = machine.ThreadTuner([1, trainer.threads.intra_op], every=100, start=2,
+                                            probe_steps=1, clock=clock,
+                                            set_threads=lambda n: (clock.set_threads(n),
+                                                                   torch.set_num_threads(n)))
+        original = trainer.train_step
+
+        def timed_step(batch, sctx):  # the fake clock advances by the cost of the count in force
+            clock.now += clock.cost[torch.get_num_threads()]
+            return original(batch, sctx)
+
+        trainer.train_step = timed_step
+        trainer.fit()
+        top = trainer.threads.intra_op
+        assert [s['threads'] for s in seen] == [top, 1, top, 1, 1, 1]
+        rows = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').open()]
+        assert [r['threads'] for r in rows if r['split'] == 'train'][-1] == 1
+        assert json.loads((tmp_path / 'run' / 'machine.json').read_text())['policy']['tuned']
+    finally:
+        torch.set_num_threads(before)
 
 
 class ConvSet(torch.utils.data.Dataset):
@@ -104,8 +182,8 @@ def _conv_trainer(out: Path, seen: list, **run) -> engine.Trainer:
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1))
-    run = {'ckpt_every': 10, **run}
-    cfg = engine.RunConfig(steps=4, batch_size=2, num_workers=0, log_every=1, device='cpu',
+    run = {'ckpt_every': 10, 'steps': 4, **run}
+    cfg = engine.RunConfig(batch_size=2, num_workers=0, log_every=1, device='cpu',
                            progress=False, **run)
     return engine.Trainer(model, loss_fn, ConvSet(), cfg, engine.OptimConfig(lr=0.01), out,
                           {'what': 'conv'})

@@ -84,7 +84,9 @@ class RunConfig:
     # data-loader worker processes; -1 = one when a core is left beside the torch threads
     # (training.run.machine), else 0 (loading in the training process)
     num_workers: int = -1
-    threads: int = 0  # torch intra-op threads per process; 0 = all cores but one over the ranks
+    # torch intra-op threads per process; 0 = tuned while the run goes between 1 and all cores
+    # over the ranks (training.run.machine.ThreadTuner; a fixed count is bit-reproducible)
+    threads: int = 0
     interop_threads: int = 1
     channels_last: bool = False  # model and 4-D inputs in NHWC (faster convolutions on CPU)
     amp: str = 'off'  # auto (bf16 where the CPU has it) | bf16 | off
@@ -515,6 +517,9 @@ class Trainer:
         self.ctx = ctx or DistContext(device=resolve_device(run.device))
         self.threads = machine.apply_thread_policy(run.threads, run.interop_threads,
                                                    run.num_workers, self.ctx.world_size)
+        # threads: 0 on CPU: the count is chosen by timing this run's own steps
+        self.tuner = machine.ThreadTuner([1, self.threads.intra_op]) \
+            if self.threads.tuned and self.ctx.device.type == 'cpu' else None
         self.amp_dtype = machine.autocast_dtype(run.amp, self.ctx.device)
         self.model = model.to(self.ctx.device)
         if run.channels_last:
@@ -728,7 +733,11 @@ class Trainer:
                 gen = torch.Generator(device='cpu').manual_seed(
                     _step_seed(run.seed, self.ctx.rank, step))
                 sctx = StepContext(step, self.epoch, gen, self.ctx.device, self.model)
+                if self.tuner is not None:
+                    self.tuner.before_step(step)
                 loss, logs = self.train_step(batch, sctx)
+                if self.tuner is not None:
+                    self.tuner.after_step(step)
                 self.step = step
                 self.batch_in_epoch += 1
                 if self.batch_in_epoch >= batches_in_epoch:
@@ -747,6 +756,7 @@ class Trainer:
                     self.log_metrics({'split': 'train', 'step': step, 'epoch': self.epoch,
                                       'lr': self.optim_cfg.lr * lr_f, **last_logs,
                                       'samples_per_s': samples * self.ctx.world_size / dt,
+                                      'threads': torch.get_num_threads(),
                                       'time': time.time()})
                     bar.set_postfix(loss=f'{last_logs["loss"]:.4f}')
                     sums, count, samples, t0 = {}, 0, 0, time.perf_counter()
