@@ -6,15 +6,25 @@ temporary file, the weights of an uninterrupted run and each step logged once.""
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from rmseg_ros import atomic_files
 from rmseg_ros.atomic_files import atomic_write, is_temp_file, remove_stale_temp_files
 from rmseg_ros.models.checkpoint import save_checkpoint
 from training import engine
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORKER = HERE / 'sigkill_train_worker.py'
 
 
 def _all_temp_files(root: Path) -> list[Path]:
@@ -150,3 +160,89 @@ def test_truncate_metrics_keeps_lines_up_to_the_step():
         assert engine.truncate_metrics(path, 2, rerun_val=True) == 1
         assert engine.truncate_metrics(path, 2) == 0
         assert engine.truncate_metrics(Path(d) / 'none.jsonl', 2) == 0
+
+
+# ----------------------------------------------------------------------------- SIGKILL loop
+
+class Worker:
+    """One run of test/sigkill_train_worker.py; its stdout lines are the handshake."""
+
+    def __init__(self, run: Path, pause: str, log: Path) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
+                   PYTHONPATH=os.pathsep.join(
+                       p for p in [str(REPO), os.environ.get('PYTHONPATH', '')] if p))
+        self.err = open(log, 'a')  # closed in wait()
+        self.proc = subprocess.Popen([sys.executable, str(WORKER), str(run), pause], env=env,
+                                     stdout=subprocess.PIPE, stderr=self.err, text=True)
+
+    def line(self) -> str:
+        """The next line the worker prints ('' when it exits without one)."""
+        return self.proc.stdout.readline().strip()
+
+    def kill(self) -> int:
+        self.proc.send_signal(signal.SIGKILL)
+        return self.wait()
+
+    def wait(self) -> int:
+        try:
+            return self.proc.wait(timeout=300)
+        finally:
+            self.proc.stdout.close()
+            self.err.close()
+
+
+def _newest_checkpoint(run: Path) -> int:
+    found = engine.list_checkpoints(run)
+    return found[0][0] if found else 0
+
+
+@pytest.mark.slow
+def test_sigkill_loop_leaves_no_temp_file_an_exact_resume_and_each_step_once(tmp_path):
+    """Six kills at seeded random moments (inside a step, inside a checkpoint write with its
+    temporary file on disk, wherever the run is when a step starts, inside the final export)
+    then a run to the end: no temporary file anywhere, the weights of an uninterrupted run, and
+    every train and validation step exactly once in metrics.jsonl."""
+    import sigkill_train_worker as w
+
+    log = tmp_path / 'workers.log'
+    ref_run, run = tmp_path / 'reference', tmp_path / 'killed'
+    ref = Worker(ref_run, 'none', log)
+    assert ref.line() == 'DONE' and ref.wait() == 0, log.read_text()[-3000:]
+
+    rng = random.Random(21)
+    kinds = ['step', 'step', 'ckpt', 'ckpt']
+    rng.shuffle(kinds)
+    kills = []
+    for kind in [*kinds, 'async', 'export']:  # async may end training: last before the export
+        resume = _newest_checkpoint(run)
+        if kind == 'ckpt':  # a checkpoint step the run has not written yet
+            at = rng.choice([s for s in range(resume + 1, w.STEPS + 1)
+                             if s % w.CKPT_EVERY == 0])
+        else:
+            at = rng.randint(resume + 1, w.STEPS - 2)
+        pause = 'export' if kind == 'export' else f'{kind}:{at}'
+        worker = Worker(run, pause, log)
+        line = worker.line()
+        want = f'AT {at}' if kind == 'async' else 'PAUSED ' + pause.replace(':', ' ')
+        assert line == want, (line, log.read_text()[-3000:])
+        if kind in ('ckpt', 'export'):  # killed mid-write: its temporary file is on disk
+            assert _all_temp_files(run), sorted(p.name for p in run.rglob('*'))
+        assert worker.kill() == -signal.SIGKILL
+        kills.append((pause, resume))
+    assert len(kills) == 6 and any(k.startswith('ckpt') for k, _ in kills)
+
+    last = Worker(run, 'none', log)
+    assert last.line() == 'DONE' and last.wait() == 0, log.read_text()[-3000:]
+    assert _all_temp_files(run) == [], kills
+    a = load_file(str(ref_run / 'model.safetensors'))
+    b = load_file(str(run / 'model.safetensors'))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), kills
+    records = _records(run)
+    assert [s for k, s in records if k == 'train'] == list(range(1, w.STEPS + 1)), kills
+    assert [s for k, s in records if k == 'val'] == list(
+        range(w.VAL_EVERY, w.STEPS + 1, w.VAL_EVERY)), kills
+    ref_val = [r['val_loss'] for r in map(json.loads, (ref_run / 'metrics.jsonl').open())
+               if r['split'] == 'val']
+    val = [r['val_loss'] for r in map(json.loads, (run / 'metrics.jsonl').open())
+           if r['split'] == 'val']
+    assert val == ref_val
