@@ -47,12 +47,12 @@ def bag_dirs(patterns: list[str]) -> list[Path]:
 def read_video(bag: str | Path, hw: tuple[int, int], rgb_topic: str = 'camera/image',
                robot_topic: str = 'labels/robot') -> Video:
     """Camera frames that have a robot mask with the same stamp, resized to hw."""
-    from rosbags.highlevel import AnyReader
+    from rmseg_ros.bag_recovery import open_any_reader  # truncated / damaged mcap
 
     want = {rgb_topic.lstrip('/'): 'rgb', robot_topic.lstrip('/'): 'mask'}
     images: dict[int, np.ndarray] = {}
     masks: dict[int, np.ndarray] = {}
-    with AnyReader([Path(bag)]) as reader:
+    with open_any_reader(bag) as reader:
         conns = [c for c in reader.connections if c.topic.lstrip('/') in want]
         for conn, _, raw in reader.messages(connections=conns):
             msg = reader.deserialize(raw, conn.msgtype)
