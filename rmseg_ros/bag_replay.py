@@ -8,8 +8,10 @@ so what goes out is bit-exactly what was recorded.
 Timing: playback starts at `bag start + start_offset`; a record logged at `t` is due
 `(t - play_start) / rate` seconds after playback began. With `loop`, pass k adds k times the loop
 period (the played window's span plus its mean gap, so the first record of the next pass follows
-the last one like any other record). A damaged record is skipped and counted, never fatal; a file
-that cannot be read at all raises `BagReplayError` naming the file.
+the last one like any other record). A damaged record is skipped and counted, never fatal; mcap
+storage is read with `rmseg_ros.bag_recovery`, so a truncated file (a killed recorder) or damaged
+bytes cost only the chunks they hit, counted in `ReplayCounts` (damaged_*); a file that cannot be
+read at all, or holds no complete chunk, raises `BagReplayError` naming the file.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from typing import TYPE_CHECKING, Literal
 
 import yaml
 from rosbags.interfaces import MessageDefinitionFormat
-from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
+
+from rmseg_ros.bag_recovery import RecoveringReader as Reader
+from rmseg_ros.bag_recovery import damage_of
 
 if TYPE_CHECKING:
     from rosbags.interfaces import Connection
@@ -121,6 +125,12 @@ class ReplayCounts:
     skipped_corrupt: dict[str, int] = field(default_factory=dict)
     skipped_unknown_type: dict[str, int] = field(default_factory=dict)
     passes: int = 0  # complete passes over the window
+    # mcap storage read around damage (rmseg_ros.bag_recovery): chunks skipped or read in part,
+    # messages known lost, bytes passed over, and whether the file was cut short
+    damaged_chunks: int = 0
+    damaged_records: int = 0
+    damaged_bytes: int = 0
+    truncated: bool = False
 
     @staticmethod
     def _bump(counter: dict[str, int], topic: str) -> None:
@@ -132,6 +142,13 @@ class ReplayCounts:
     def add_skipped(self, topic: str, reason: SkipReason) -> None:
         self._bump(self.skipped_corrupt if reason == 'corrupt' else self.skipped_unknown_type,
                    topic)
+
+    def set_damage(self, reader: Reader) -> None:
+        d = damage_of(reader)
+        self.damaged_chunks = d.chunks_skipped + d.chunks_partial
+        self.damaged_records = d.records_skipped
+        self.damaged_bytes = d.bytes_skipped
+        self.truncated = d.truncated
 
     @property
     def total_published(self) -> int:
@@ -184,7 +201,8 @@ def _read_metadata_files(path: Path) -> list[Path]:
     storage files it lists."""
     meta = path / 'metadata.yaml'
     if not meta.is_file():
-        raise BagReplayError(f'{path} is not a rosbag2 directory: {meta} does not exist')
+        raise BagReplayError(f'{path} is not a rosbag2 directory: {meta} does not exist (a '
+                             'recording cut before it was written: give its .mcap file)')
     try:
         info = yaml.safe_load(meta.read_text(encoding='utf-8'))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -373,6 +391,7 @@ class BagReplay:
                                    due_offset_s(log_time, play_start, self.rate, pass_index,
                                                 period),
                                    pass_index)
+            self.counts.set_damage(self.reader)
             self.counts.passes += 1
             if not self.loop or count == 0:
                 return

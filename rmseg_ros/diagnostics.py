@@ -112,6 +112,8 @@ def statuses(node_name: str, states: dict[str, ModalityState], snap: dict[str, A
     for name, st in states.items():
         problems = {k.split('.', 1)[1]: n for k, n in snap['problems'].items()
                     if k.startswith(name + '.')}
+        for kind, n in st.rejected.items():  # the synchroniser's drops, by exact reason
+            problems[kind] = problems.get(kind, 0) + n
         state = st.state
         if state == 'ok' and name in degraded:
             state = 'degraded'
@@ -147,6 +149,10 @@ def statuses(node_name: str, states: dict[str, ModalityState], snap: dict[str, A
               'enabled': _fmt(enabled)}
     values.update({k: _fmt(v) for k, v in extra.items()})
     values.update({f'subset_count.{k}': str(n) for k, n in snap['subsets'].items()})
-    values.update({f'rejected.{k}': str(n) for k, n in snap['problems'].items()})
+    rejected = dict(snap['problems'])
+    for name, st in states.items():
+        for kind, n in st.rejected.items():
+            rejected[f'{name}.{kind}'] = rejected.get(f'{name}.{kind}', 0) + n
+    values.update({f'rejected.{k}': str(n) for k, n in sorted(rejected.items())})
     out.insert(0, Status(f'{node_name}: pipeline', level, message, values))
     return out

@@ -127,7 +127,9 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
               'partner message (exact matching) instead of taking the closest one at or before '
               'the pivot (lower latency; use a slop >= the slowest period).'),
     ParamSpec('sync.jump_threshold', _SYNC.jump_threshold, 'A pivot stamp this far (s) behind '
-              'the newest is a bag loop or clock reset: caches are cleared.'),
+              'the newest is a bag loop or clock reset: caches are cleared (once).'),
+    ParamSpec('sync.jump_confirm', _SYNC.jump_confirm, 'Consecutive messages that must agree on '
+              'such a backward jump before anything is reset; fewer are dropped as bad stamps.'),
     # outputs (rmseg_ros.perception.OutputConfig)
     ParamSpec('output.size', _OUT.size, "'camera' (outputs at the camera resolution) or 'model' "
               '(at the model resolution; cheaper).'),
@@ -258,6 +260,7 @@ def sync_config_from_parameters(p: dict[str, Any]) -> SyncConfig:
                       required=parse_csv(p['sync.required']),
                       rejoin_count=int(p['sync.rejoin_count']),
                       jump_threshold=float(p['sync.jump_threshold']),
+                      jump_confirm=int(p['sync.jump_confirm']),
                       wait_for_closer=bool(p['sync.wait_for_closer']),
                       pivot_fallback=tuple(m for m in parse_csv(p['sync.pivot_fallback'])
                                            if m in mods and m != p['sync.pivot']))

@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import uuid
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rmseg_ros.atomic_files import atomic_path
 from rmseg_ros.config import from_dict
 from rmseg_ros.label_maps import labels_from_logits
 from rmseg_ros.modalities import INDEX, MODALITIES, input_channels, presence_from_names
@@ -104,17 +104,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, hw: tuple[int, int],
     graph = _OnnxGraph(model).eval()  # export restores the wrapper's mode: keep it eval
     chans = input_channels(event_bins)
     args = (*(torch.zeros(1, chans[m], *hw) for m in MODALITIES), torch.ones(1, 4))
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # the legacy exporter's deprecation and tracer notes
-            torch.onnx.export(graph, args, str(tmp), dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=[*MODALITIES, 'presence'],
-                              output_names=['logits'], do_constant_folding=True)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # the legacy exporter's deprecation and tracer notes
+        torch.onnx.export(graph, args, str(tmp), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=[*MODALITIES, 'presence'],
+                          output_names=['logits'], do_constant_folding=True)
     return path
 
 

@@ -87,15 +87,24 @@ class PerceptionResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def check_stamp(stamp_ns: int, now_ns: int, cfg: InputCheckConfig) -> str | None:
-    """Why a header stamp is implausible, or None."""
-    if stamp_ns <= 0:
-        return 'stamp is zero (unset header)'
+def stamp_problem(stamp_ns: int, now_ns: int, cfg: InputCheckConfig) -> tuple[str, str] | None:
+    """(kind, words) of why a header stamp is implausible, or None. The kind names the reason
+    exactly in diagnostics (`rejected.<modality>.<kind>`)."""
+    if stamp_ns < 0:
+        return 'stamp_negative', f'stamp negative ({stamp_ns / NS_PER_S:.3f} s)'
+    if stamp_ns == 0:
+        return 'stamp_zero', 'stamp zero (unset header)'
     if cfg.max_future_s > 0 and stamp_ns - now_ns > cfg.max_future_s * NS_PER_S:
-        return f'stamp {(stamp_ns - now_ns) / NS_PER_S:.2f} s in the future'
+        return 'stamp_in_future', f'stamp {(stamp_ns - now_ns) / NS_PER_S:.2f} s in the future'
     if cfg.max_age_s > 0 and now_ns - stamp_ns > cfg.max_age_s * NS_PER_S:
-        return f'stamp {(now_ns - stamp_ns) / NS_PER_S:.2f} s in the past'
+        return 'stamp_too_old', f'stamp {(now_ns - stamp_ns) / NS_PER_S:.2f} s in the past'
     return None
+
+
+def check_stamp(stamp_ns: int, now_ns: int, cfg: InputCheckConfig) -> str | None:
+    """Why a header stamp is implausible, in words, or None."""
+    problem = stamp_problem(stamp_ns, now_ns, cfg)
+    return None if problem is None else problem[1]
 
 
 def _resize_nearest(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

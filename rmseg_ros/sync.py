@@ -42,14 +42,24 @@ Pivot mode (the default) -- the rules
 * **Old messages.** A pivot not newer than the last emitted set, and a partner message older than
   the last emitted set minus ``slop`` (no later pivot can use it), is dropped and counted.
 * **Clock jumps.** A pivot stamp more than ``jump_threshold`` (default 1 s) behind the newest
-  pivot is a bag loop or clock reset: pending pivots and cache entries further than
-  ``jump_threshold`` from the new stamp are cleared, staleness starts over, ``backward_jumps``
-  counts it. Smaller backward steps are ordinary out-of-order arrivals. A partner whose own
-  stamps jump back that far clears its cache and is set aside (not alive) until the pivot
-  follows it into the new epoch; a partner that had not looped yet when the pivot did drops its
-  old-epoch stragglers (more than ``jump_threshold`` ahead of the pivot, counted as old) until its
-  own stamps come back. So a looping bag loses no set whichever topic loops first.
-  ``jump_threshold`` must be shorter than the loop.
+  pivot is a bag loop or clock reset only when ``jump_confirm`` (default 3) consecutive pivots
+  agree on it (each advancing, within ``jump_threshold`` of the one before); until then they
+  are held, and a pivot of the current epoch in between drops them as strays (counted as
+  ``stamp_jumped_back``): one bad stamp never clears anything. A confirmed jump resets once:
+  pending pivots and cache entries further than ``jump_threshold`` from the new stamp are
+  cleared, staleness starts over, ``backward_jumps`` counts it, and the held pivots are then
+  processed, so no set of the new epoch is lost. Smaller backward steps are ordinary
+  out-of-order arrivals. A partner whose own stamps jump back that far is confirmed the same
+  way, then clears its cache and is set aside (not alive) until the pivot follows it into the
+  new epoch; a partner that had not looped yet when the pivot did drops its old-epoch
+  stragglers (more than ``jump_threshold`` ahead of the pivot) until its own stamps come back.
+  So a looping bag loses no set whichever topic loops first. ``jump_threshold`` must be shorter
+  than the loop.
+* **Output order.** Emitted stamps strictly increase; the only exception is the first set after
+  a confirmed jump. Every dropped message is counted per modality and reason in
+  ``ModalityState.rejected`` (``stamp_older_than_last_output``, ``stamp_jumped_back``,
+  ``stamp_before_clock_jump``), and ``last_rejection`` says why the message just added was
+  dropped (None when it was kept).
 
 Strict mode -- ApproximateTimeSynchronizer equivalence
 ------------------------------------------------------
@@ -101,6 +111,9 @@ class SyncConfig:
     required: tuple[str, ...] = ('rgb',)
     rejoin_count: int = 3
     jump_threshold: float = 1.0
+    # consecutive pivots (or partner messages) that must agree on a backward jump before it
+    # resets anything; 1 = the first such message resets at once
+    jump_confirm: int = 3
     strict: bool = False
     # Pivots to fall back to, in order, while the pivot is dead; used by FailoverSynchronizer
     # and only when the pivot is not required (a required pivot means: no camera, no output).
@@ -140,6 +153,8 @@ class SyncConfig:
             raise ValueError(f'slop must be a finite number >= 0, got {self.slop!r}')
         if not isinstance(self.queue_size, int) or self.queue_size < 1:
             raise ValueError(f'queue_size must be an int >= 1, got {self.queue_size!r}')
+        if not isinstance(self.jump_confirm, int) or not 1 <= self.jump_confirm <= 100:
+            raise ValueError(f'jump_confirm must be an int in 1..100, got {self.jump_confirm!r}')
         if not isinstance(self.rejoin_count, int) or self.rejoin_count < 1:
             raise ValueError(f'rejoin_count must be an int >= 1, got {self.rejoin_count!r}')
         if not (math.isfinite(self.jump_threshold) and self.jump_threshold > self.slop):
@@ -191,14 +206,15 @@ class ModalityState:
     required: bool
     alive: bool  # used for matching now (hysteresis state)
     jumps: int  # own backward clock jumps
+    rejected: dict[str, int] = field(default_factory=dict)  # dropped messages by reason
 
 
 class _Mod:
     """Per-modality bookkeeping; lists indexed by modality keep the hot path cheap."""
 
-    __slots__ = ('alive', 'dropped_old', 'dropped_overflow', 'early', 'emitted', 'fresh', 'hist',
-                 'idx', 'jumps', 'late', 'msgs', 'name', 'newest', 'queue', 'received',
-                 'required', 'stamps', 'timeout_ns')
+    __slots__ = ('alive', 'dropped_old', 'dropped_overflow', 'early', 'emitted', 'fresh', 'held',
+                 'hist', 'idx', 'jumps', 'late', 'msgs', 'name', 'newest', 'queue', 'received',
+                 'rejected', 'required', 'stamps', 'timeout_ns')
 
     def __init__(self, name: str, idx: int, required: bool, timeout_ns: int | None) -> None:
         self.name = name
@@ -219,6 +235,8 @@ class _Mod:
         self.dropped_overflow = 0
         self.emitted = 0
         self.jumps = 0
+        self.held: list[tuple[int, Any]] = []  # messages of a backward jump not yet confirmed
+        self.rejected: dict[str, int] = {}
 
     def clear_data(self) -> None:
         self.stamps.clear()
@@ -230,6 +248,7 @@ class _Mod:
         self.early = False
         self.late = False
         self.hist.clear()
+        self.held = []
 
 
 class _Pending:
@@ -271,6 +290,7 @@ class ModalitySynchronizer:
         self.pivots_dropped = 0  # pivots resolved without a set (a required modality had none)
         self.forced = 0  # pivots resolved early because too many were waiting
         self.cleared = 0  # pending pivots discarded by a backward jump
+        self.last_rejection: str | None = None  # why the message just added was dropped
         self._reset_data()
 
     # ------------------------------------------------------------------ public API
@@ -279,6 +299,7 @@ class ModalitySynchronizer:
         i = self._index.get(modality)
         if i is None:
             raise KeyError(f'unknown modality {modality!r}; configured: {self._names}')
+        self.last_rejection = None
         if self._strict:
             return self._add_strict(self._mods[i], stamp_ns, msg)
         if i == self._pivot:
@@ -313,7 +334,7 @@ class ModalitySynchronizer:
                 name=m.name, state=state, age_s=age, rate_hz=self._rate(m),
                 received=m.received, dropped_old=m.dropped_old,
                 dropped_overflow=m.dropped_overflow, emitted=m.emitted, required=m.required,
-                alive=alive, jumps=m.jumps)
+                alive=alive, jumps=m.jumps, rejected=dict(m.rejected))
         return out
 
     def cache_sizes(self) -> dict[str, int]:
@@ -390,6 +411,27 @@ class ModalitySynchronizer:
             return None
         return (len(h) - 1) * NS_PER_S / (h[-1] - h[0])
 
+    # ------------------------------------------------------------------ dropped messages
+    def _reject(self, m: _Mod, kind: str, text: str, n: int = 1) -> None:
+        m.rejected[kind] = m.rejected.get(kind, 0) + n
+        self.last_rejection = text
+
+    def _jump_confirmed(self, m: _Mod, s: int, msg: Any) -> bool:
+        """Hold a message stamped more than the jump threshold behind its modality's newest;
+        True once `jump_confirm` held messages agree (m.held then holds them, oldest first)."""
+        if m.held and not m.held[-1][0] < s <= m.held[-1][0] + self._jump:
+            self._drop_held(m)  # not one clock with the held ones: they were strays
+        m.held.append((s, msg))
+        return len(m.held) >= self.config.jump_confirm
+
+    def _drop_held(self, m: _Mod) -> None:
+        n = len(m.held)
+        back = (m.newest - m.held[0][0]) / NS_PER_S if m.newest is not None else 0.0
+        m.held = []
+        self._reject(m, 'stamp_jumped_back',
+                     f'{n} message(s) stamped {back:.2f} s back dropped: the stamps after '
+                     'them did not follow (a bad stamp, not a clock jump)', n)
+
     def _add_partner(self, m: _Mod, s: int, msg: Any) -> list[SyncedSet]:
         m.received += 1
         newest = m.newest
@@ -397,17 +439,37 @@ class ModalitySynchronizer:
         if m.late:
             if ref is not None and s > ref + self._jump:
                 m.dropped_old += 1  # sent before the backward jump, arriving after it
+                self._reject(m, 'stamp_before_clock_jump', 'message dropped: stamped before '
+                             'the clock jumped back, it arrived after the jump')
                 return []
             m.late = False
         if newest is not None and s < newest - self._jump:
-            self._partner_jump(m, s, ref)
-            newest = None
-        elif m.early:
+            if not self._jump_confirmed(m, s, msg):
+                return []
+            held, m.held = m.held, []
+            self._partner_jump(m, held[0][0], ref)
+            out = self._insert_partner(m, held[0][0], held[0][1], None)
+            for hs, hm in held[1:]:
+                if m.early and ref is not None and abs(hs - ref) <= self._jump:
+                    m.early = False
+                out += self._insert_partner(m, hs, hm, m.newest)
+            return out
+        if m.held:
+            self._drop_held(m)
+        if m.early:
             if ref is not None and abs(s - ref) <= self._jump:
                 m.early = False  # the pivot's clock is back in step with this topic
         elif self._last_emitted is not None and s < self._last_emitted - self._slop:
             m.dropped_old += 1
+            self._reject(m, 'stamp_older_than_last_output',
+                         f'message dropped: stamp older than the last output minus slop (by '
+                         f'{(self._last_emitted - self._slop - s) / NS_PER_S:.3f} s)')
             return []
+        return self._insert_partner(m, s, msg, newest)
+
+    def _insert_partner(self, m: _Mod, s: int, msg: Any, newest: int | None
+                        ) -> list[SyncedSet]:
+        ref = self._mods[self._pivot].newest
         if self._clock is None or s > self._clock:
             self._clock = s
         # insert into the sorted cache (fast path: in order)
@@ -506,11 +568,26 @@ class ModalitySynchronizer:
         pm.received += 1
         newest = pm.newest
         if newest is not None and s < newest - self._jump:
-            self._pivot_jump(s)
-            newest = None
-        elif self._last_emitted is not None and s <= self._last_emitted:
+            if not self._jump_confirmed(pm, s, msg):
+                return []
+            held, pm.held = pm.held, []
+            self._pivot_jump(held[0][0])  # once: the held pivots are processed afresh
+            out = self._insert_pivot(held[0][0], held[0][1], None)
+            for hs, hm in held[1:]:
+                out += self._insert_pivot(hs, hm, pm.newest)
+            return out
+        if pm.held:
+            self._drop_held(pm)
+        if self._last_emitted is not None and s <= self._last_emitted:
             pm.dropped_old += 1
+            self._reject(pm, 'stamp_older_than_last_output',
+                         f'message dropped: stamp older than last output (by '
+                         f'{(self._last_emitted - s) / NS_PER_S:.3f} s)')
             return []
+        return self._insert_pivot(s, msg, newest)
+
+    def _insert_pivot(self, s: int, msg: Any, newest: int | None) -> list[SyncedSet]:
+        pm = self._mods[self._pivot]
         if self._clock is None or s > self._clock:
             self._clock = s
         if self._origin is None:
@@ -574,6 +651,11 @@ class ModalitySynchronizer:
                 clock = m.newest
         self._mods[self._pivot].newest = None
         self._clock = clock
+        for m in self._partners:  # partners already holding the new epoch: it is confirmed
+            held, m.held = m.held, []
+            for hs, hm in held:
+                m.late = False
+                self._insert_partner(m, hs, hm, m.newest)
 
     def _decided(self, pv: _Pending, m: _Mod) -> bool:
         if not m.alive or m.early:

@@ -11,7 +11,8 @@ A pivot counts as dead when its synchroniser calls it stale (no message for its 
 to the newest stamp of any modality), or when it has never arrived although the other topics have
 been flowing for longer than its timeout. A pivot without a timeout never counts as dead. Output
 stamps strictly increase across switches: a set not newer than the last one emitted is dropped
-(counted in `stats()['dropped_on_switch']`).
+(counted in `stats()['dropped_on_switch']`). The one exception is a clock jump its synchroniser
+confirmed (a bag loop, see rmseg_ros.sync): a stray backward stamp resets nothing here either.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class FailoverSynchronizer:
         self._first: int | None = None  # first stamp of any modality since reset
         self._clock: int | None = None  # newest stamp of any modality
         self._last: int | None = None  # stamp of the last emitted set
+        self._jumps = tuple(s.backward_jumps for s in self._syncs)  # confirmed clock jumps
+        self._jumps_at_last = self._jumps  # ... when the last set was emitted
 
     # ------------------------------------------------------------------ public API
     @property
@@ -62,23 +65,35 @@ class FailoverSynchronizer:
             self._first = stamp_ns
         if self._clock is None or stamp_ns > self._clock:
             self._clock = stamp_ns
-        elif stamp_ns < self._clock - self._syncs[0]._jump:  # bag loop / clock reset
-            self._first = stamp_ns
-            self._clock = stamp_ns
-            self._last = None
         outputs = [s.add(modality, stamp_ns, msg) for s in self._syncs]
+        jumps = tuple(s.backward_jumps for s in self._syncs)
+        if jumps != self._jumps:  # a candidate confirmed a bag loop / clock reset
+            self._jumps = jumps
+            self._first = self._clock = stamp_ns
         active = self._choose()
         if active != self._active:
             self.switches += 1
             self._active = active
         out = []
         for synced in outputs[active]:
-            if self._last is not None and synced.stamp_ns <= self._last:
+            new_epoch = jumps[active] > self._jumps_at_last[active]
+            if self._last is not None and synced.stamp_ns <= self._last and not new_epoch:
                 self.dropped_on_switch += 1
                 continue
             self._last = synced.stamp_ns
+            self._jumps_at_last = jumps
             out.append(synced)
         return out
+
+    @property
+    def backward_jumps(self) -> int:
+        """Confirmed clock jumps (a bag loop counts once, whichever candidate saw it first)."""
+        return max(s.backward_jumps for s in self._syncs)
+
+    @property
+    def last_rejection(self) -> str | None:
+        """Why the message just added was dropped, as the active candidate saw it."""
+        return self._syncs[self._active].last_rejection
 
     def states(self) -> dict[str, ModalityState]:
         """Per-modality diagnostics as seen by the active candidate."""

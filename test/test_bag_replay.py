@@ -334,6 +334,155 @@ def test_missing_bag_is_an_error(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Truncated and damaged mcap files (issue 21 item 11)
+# --------------------------------------------------------------------------------------------
+
+def write_chunked_bag(path: Path, compression: str = 'none', n: int = 20) -> Path:
+    """Images of ~150 KB: rosbags closes a chunk every MiB, so the file holds several chunks.
+    Returns the .mcap file."""
+    from training.sim.bag_writer import BagWriter, image_msg
+
+    rng = np.random.default_rng(3)
+    with BagWriter(path, 'mcap', compression) as writer:
+        for i in range(n):
+            stamp = T0 + i * 10**8
+            writer.write('camera/image', stamp, image_msg(
+                rng.integers(0, 255, (200, 256, 3), dtype=np.uint8), 'rgb8', stamp, 'cam'))
+    return path / f'{path.name}.mcap'
+
+
+def chunk_messages(mcap: Path) -> list[tuple[int, int, list[tuple[int, bytes]]]]:
+    """(offset, length, [(log time, data)]) of every chunk, read by rosbags itself."""
+    from rosbags.rosbag2.storage_mcap import McapReader, msgsrc
+
+    reader = McapReader(mcap)
+    reader.open()
+    try:
+        cmap = {c.id: c for c in reader.connections}
+        return [(c.chunk_start_offset, c.chunk_length,
+                 [(m.timestamp, m.data) for m in msgsrc(c, cmap, 0, 2**63 - 1, reader.bio)
+                  if m.connection is not None])
+                for c in reader.chunks]
+    finally:
+        reader.close()
+
+
+def _replayed(path: Path) -> tuple[list[tuple[int, bytes]], object]:
+    with BagReplay(path) as replay:
+        records = [(r.log_time_ns, r.data) for r in replay.records()]
+    return records, replay.counts
+
+
+def test_truncated_mcap_replays_the_messages_of_its_complete_chunks(tmp_path: Path) -> None:
+    """Cut to half, as a killed recorder leaves it (no summary, no footer): rosbags refuses the
+    file; the replay gives every message of the chunks that are complete, bit-exactly, and
+    says the file was cut short."""
+    from rosbags.rosbag2 import Reader
+
+    mcap = write_chunked_bag(tmp_path / 'bag')
+    chunks = chunk_messages(mcap)
+    assert len(chunks) >= 3
+    data = mcap.read_bytes()
+    cut = len(data) // 2
+    mcap.write_bytes(data[:cut])
+    with pytest.raises(Exception, match='magic'), Reader(tmp_path / 'bag') as reader:
+        list(reader.messages())
+    records, counts = _replayed(tmp_path / 'bag')
+    complete = [m for off, length, msgs in chunks if off + length <= cut for m in msgs]
+    assert 0 < len(complete) < sum(len(m) for *_, m in chunks)
+    assert records == complete
+    assert counts.truncated and counts.damaged_bytes > 0 and counts.damaged_chunks == 0
+    # the .mcap file itself, as a recorder killed before writing metadata.yaml leaves it
+    (tmp_path / 'bag' / 'metadata.yaml').unlink()
+    assert _replayed(mcap)[0] == complete
+
+
+@pytest.mark.parametrize('case', ['record_length', 'compressed_bytes', 'summary'])
+def test_damaged_chunk_is_skipped_and_counted_and_replay_goes_on(tmp_path: Path,
+                                                                 case: str) -> None:
+    """Damaged bytes cost only their chunk (or, when a record inside it is broken, the records
+    from there on): every other message is replayed, the loss counted. rosbags alone stops."""
+    from rosbags.rosbag2 import Reader
+
+    mcap = write_chunked_bag(tmp_path / 'bag', 'zstd' if case == 'compressed_bytes' else 'none')
+    chunks = chunk_messages(mcap)
+    data = bytearray(mcap.read_bytes())
+    off, _, msgs = chunks[1]
+    kept = [m for i, (*_, ms) in enumerate(chunks) if i != 1 for m in ms]
+    if case == 'record_length':  # the length of the 4th message record inside chunk 1
+        pos = off + 9 + 28
+        comp_len = int.from_bytes(data[pos:pos + 4], 'little')
+        pos += 4 + comp_len + 8  # the chunk's records start here
+        seen = 0
+        while seen < 3 or data[pos] != 0x05:
+            seen += data[pos] == 0x05
+            pos += 9 + int.from_bytes(data[pos + 1:pos + 9], 'little')
+        data[pos + 1:pos + 9] = b'\xff' * 8
+        kept_in_chunk = msgs[:3]
+    elif case == 'compressed_bytes':  # the start of the zstd frame (image data is stored
+        start = off + 9 + 28 + 4 + len('zstd') + 8  # raw: damage there goes unnoticed)
+        data[start:start + 16] = bytes(16)
+        kept_in_chunk = []
+    else:  # the index at the end: the records are scanned instead
+        data[-100:] = bytes(100)
+        kept_in_chunk = msgs
+    mcap.write_bytes(bytes(data))
+    if case != 'summary':
+        with pytest.raises(Exception), Reader(tmp_path / 'bag') as reader:  # noqa: B017
+            list(reader.messages())
+    records, counts = _replayed(tmp_path / 'bag')
+    assert records == sorted(kept + kept_in_chunk)
+    lost = len(msgs) - len(kept_in_chunk)
+    assert counts.damaged_chunks == (lost > 0) and counts.damaged_records == lost
+    assert not counts.truncated
+
+
+def test_flipped_bytes_lose_only_the_chunk_they_hit(tmp_path: Path) -> None:
+    """200 bytes flipped at seeded random places inside one chunk (its header too) and in the
+    summary: replay never stops, the damage is counted, and every message of the untouched
+    chunks comes out bit-exactly."""
+    mcap = write_chunked_bag(tmp_path / 'bag', 'zstd')
+    chunks = chunk_messages(mcap)
+    data = bytearray(mcap.read_bytes())
+    off, length, _ = chunks[1]
+    rng = np.random.default_rng(21)
+    for pos in [*rng.integers(off, off + 64, 10), *rng.integers(off, off + length, 180),
+                *rng.integers(len(data) - 300, len(data) - 8, 10)]:
+        data[pos] ^= 0xFF
+    mcap.write_bytes(bytes(data))
+    records, counts = _replayed(tmp_path / 'bag')
+    untouched = [m for i, (*_, ms) in enumerate(chunks) if i != 1 for m in ms]
+    assert set(untouched) <= set(records)
+    assert counts.damaged_chunks + counts.damaged_bytes > 0
+
+
+def test_seeded_damage_never_escapes_as_another_error(tmp_path: Path) -> None:
+    """Cuts, bit flips and zeroed runs at seeded random places: the replay either reads what is
+    left or raises BagReplayError naming the file, nothing else."""
+    mcap = write_chunked_bag(tmp_path / 'bag', n=12)
+    original = mcap.read_bytes()
+    rng = np.random.default_rng(11)
+    outcomes = set()
+    for case in range(30):
+        data = bytearray(original)
+        if case % 3 == 0:
+            data = data[:int(rng.integers(0, len(data)))]
+        elif case % 3 == 1:
+            for pos in rng.integers(0, len(data), int(rng.choice([1, 10, 200]))):
+                data[pos] ^= 1 << int(rng.integers(0, 8))
+        else:
+            start = int(rng.integers(0, len(data)))
+            data[start:start + 4096] = bytes(len(data[start:start + 4096]))
+        mcap.write_bytes(bytes(data))
+        try:
+            outcomes.add(len(_replayed(tmp_path / 'bag')[0]) > 0)
+        except BagReplayError as exc:
+            assert mcap.name in str(exc)
+            outcomes.add('error')
+    assert True in outcomes
+
+
+# --------------------------------------------------------------------------------------------
 # The node, in its own process, to a subscriber in this process
 # --------------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from rmseg_ros import atomic_files
 from rmseg_ros.inference import Segmenter
 from rmseg_ros.modalities import MODALITIES, all_subsets, input_channels, presence_from_names
 from rmseg_ros.models import checkpoint as ckpt
@@ -370,12 +371,10 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     save_checkpoint(path, model.state_dict(), _meta(model, 'fusion'))
     good = path.read_bytes()
 
-    def crash(tensors, filename, metadata=None):
-        with open(filename, 'wb') as f:
-            f.write(b'partial')
+    def crash(tmp):  # the temporary file is written, the rename fails
         raise OSError('disk full')
 
-    monkeypatch.setattr(ckpt, 'save_file', crash)
+    monkeypatch.setattr(atomic_files, 'before_replace', crash)
     with pytest.raises(OSError, match='disk full'):
         save_checkpoint(path, model.state_dict(), _meta(model, 'fusion'))
     assert path.read_bytes() == good  # the previous checkpoint survives

@@ -221,8 +221,8 @@ def test_malformed_input_is_counted_and_the_node_keeps_running(tiny_checkpoint, 
              ('depth', 'size_mismatch', 'depth.malformed'),
              ('lidar', 'empty_cloud', 'lidar.degraded'),
              ('event', 'bad_event_fields', 'event.malformed'),
-             ('depth', 'stamp_future', 'depth.stamp'),
-             ('lidar', 'stamp_past', 'lidar.stamp')]
+             ('depth', 'stamp_future', 'depth.stamp_in_future'),
+             ('lidar', 'stamp_past', 'lidar.stamp_too_old')]
     for modality, kind, counter in cases:
         bad = spawn_python(args=_sensor_args([modality], [10], ['--malform', kind]))
         probe.wait(lambda c=counter: int(probe.pipeline().get(f'rejected.{c}', 0)) >= 2, 40,

@@ -145,6 +145,51 @@ def test_cache_dataset_and_augmentations(tmp_path):
     assert len(seen) > 1
 
 
+def test_dataset_without_bags_fails_loudly(tmp_path, capsys):
+    """An empty directory, a directory of other files, a file that is not a bag, or only bags
+    that cannot be read: `rmseg-train dataset` exits non-zero and says why (it exited 0)."""
+    from training.cli import main
+
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'other').mkdir()
+    (tmp_path / 'other' / 'notes.txt').write_text('not a bag')
+    (tmp_path / 'broken').mkdir()
+    (tmp_path / 'broken' / 'metadata.yaml').write_text('rosbag2_bagfile_information: {}')
+    out = ['--out', str(tmp_path / 'cache')]
+    for target, code, words in [('empty', 2, 'no rosbag2 recording'),
+                                ('other', 2, 'no rosbag2 recording'),
+                                ('other/notes.txt', 2, 'neither a rosbag2 directory'),
+                                ('broken', 1, 'no bag could be read')]:
+        assert main(['dataset', *out, '--bags', str(tmp_path / target)]) == code, target
+        err = capsys.readouterr().err
+        assert words in err and 'rmseg-train dataset' in err, (target, err)
+
+
+def test_truncated_bag_gives_the_samples_of_its_complete_chunks(tmp_path):
+    """Half the mcap file (a killed recorder): the samples of the complete chunks, equal to
+    those of the whole bag, and the cut counted (it gave 0 samples and dropped the bag)."""
+    full = write_test_bag(tmp_path / 'bag', frames=24, corrupt_at=-1)
+    config = DatasetConfig.load()
+    frontend = config.frontend()
+    whole = {s.model_input.stamp_ns: s for s in BagSampleReader(tmp_path / 'bag', config,
+                                                                  frontend)}
+    mcap = tmp_path / 'bag' / 'bag.mcap'
+    data = mcap.read_bytes()
+    mcap.write_bytes(data[:len(data) // 2])
+    reader = BagSampleReader(tmp_path / 'bag', config, frontend)
+    samples = list(reader)
+    assert 4 <= len(samples) < len(full) - 4
+    assert reader.stats.truncated and reader.stats.damaged_bytes > 0
+    for s in samples:
+        ref = whole[s.model_input.stamp_ns]
+        assert np.array_equal(s.labels, ref.labels)
+        for m in MODALITIES:
+            np.testing.assert_array_equal(s.model_input.tensors[m], ref.model_input.tensors[m])
+    summary = build_cache([tmp_path / 'bag'], tmp_path / 'cache', config)
+    assert summary['built'] == 1 and summary['samples'] == len(samples)
+    assert summary['truncated_bags'] == 1 and summary['damaged_bytes'] > 0
+
+
 def test_random_modality_subset_is_non_empty_subset():
     rng = np.random.default_rng(0)
     presence = np.array([True, False, True, True])

@@ -6,7 +6,11 @@ A run directory holds what is needed to trust and continue a run:
 - `checkpoints/step_XXXXXXXX.safetensors`: model weights, the optimizer state flattened into
   tensors, and the step / epoch / position in the epoch / RNG states as JSON metadata. No pickle
   anywhere: a checkpoint is untrusted input. Each file is written to a temporary name and renamed
-  into place, so an interrupted write never leaves a partial checkpoint under a real name.
+  into place (`rmseg_ros.atomic_files`), so an interrupted write never leaves a partial checkpoint
+  under a real name; the temporary files a killed run leaves are removed when a run starts.
+
+A resumed run continues from its newest readable checkpoint, and `metrics.jsonl` is cut back to
+what that checkpoint had seen, so each step is logged once however often the run was killed.
 
 `Trainer` knows nothing about any particular method: it takes a model, a loss function
 `loss_fn(model, batch, ctx) -> (loss, logs)`, a dataset and optimiser/run configs. Data order is a
@@ -45,6 +49,7 @@ from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from rmseg_ros.atomic_files import atomic_write, remove_stale_temp_files
 from training.run import machine
 
 log = logging.getLogger('rmseg-train')
@@ -176,12 +181,7 @@ def config_differences(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> list[s
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        tmp.write_text(text, encoding='utf-8')
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, text)
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -427,6 +427,30 @@ def save_training_checkpoint(path: Path, model: nn.Module, optimizer: torch.opti
     _ckpt_io().save_checkpoint(path, tensors, meta)  # atomic: temporary file + os.replace
 
 
+def truncate_metrics(path: Path, step: int, rerun_val: bool = False) -> int:
+    """Cut a run's metrics file back to what was logged up to `step` (the checkpoint a run
+    resumes from), so the steps it trains again are not logged twice; a line torn by a kill is
+    dropped too. Validation lines of `step` itself go when `rerun_val` (the final validation
+    will run again). Returns how many lines were removed."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding='utf-8', errors='replace').splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        at = record.get('step') if isinstance(record, dict) else None
+        if isinstance(at, int | float) and (
+                at > step or (rerun_val and at == step and record.get('split') == 'val')):
+            continue
+        kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write(path, ''.join(x + '\n' for x in kept))
+    return len(lines) - len(kept)
+
+
 def _rng_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict, rank: int) -> dict | None:
     entries = meta.get('rng') or []
     if rank >= len(entries):
@@ -595,8 +619,8 @@ class Trainer:
         self.ctx.barrier()
         if self.ctx.is_main:
             (self.out / 'checkpoints').mkdir(parents=True, exist_ok=True)
-            for stale in (self.out / 'checkpoints').glob('.*.tmp*'):
-                stale.unlink(missing_ok=True)
+            for stale in remove_stale_temp_files(self.out, self.out / 'checkpoints'):
+                log.info('removed %s (left by an interrupted write)', stale)
             atomic_write_text(cfg_file, yaml.safe_dump(self.config, sort_keys=False))
         self.ctx.barrier()
 
@@ -607,10 +631,21 @@ class Trainer:
         with open(self.out / 'metrics.jsonl', 'a', encoding='utf-8') as f:
             f.write(line + '\n')
 
+    def _truncate_metrics(self) -> None:
+        """Steps after the resumed one will be trained (and logged) again: forget them."""
+        if not self.ctx.is_main:
+            return
+        rerun_val = self.val_fn is not None and self.step >= self.run.steps
+        removed = truncate_metrics(self.out / 'metrics.jsonl', self.step, rerun_val)
+        if removed:
+            log.info('metrics.jsonl: %d lines after step %d removed (they are logged again)',
+                     removed, self.step)
+
     def _resume(self) -> None:
         found = latest_checkpoint(self.out)
         if found is None:
             torch.manual_seed(self.run.seed + self.ctx.rank)
+            self._truncate_metrics()
             return
         path, tensors, meta = found
         self.model.load_state_dict(model_weights(tensors))
@@ -630,6 +665,7 @@ class Trainer:
         self.resumed_from = self.step
         self.last_checkpoint = path
         self._saved_step = self.step
+        self._truncate_metrics()
         if self.ctx.is_main:
             log.info('resumed from %s (step %d)', path, self.step)
 

@@ -2,8 +2,9 @@
 
 A checkpoint is untrusted input (downloaded, copied between robots), so nothing is unpickled:
 safetensors holds raw tensors only, and the architecture is rebuilt from plain config dicts in
-the metadata. Writes are atomic (temporary file in the same directory + fsync + os.replace), so
-a crash mid-write never leaves a truncated checkpoint under the final name.
+the metadata. Writes go through `rmseg_ros.atomic_files` (temporary file in the same directory +
+fsync + os.replace), so a crash mid-write never leaves a truncated checkpoint under the final name
+and the leftover temporary file has the name the run-start cleanup removes.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import json
 import math
 import os
 import stat
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as serialize
 from torch import nn
 
+from rmseg_ros.atomic_files import atomic_write
 from rmseg_ros.camera import SizeLimits
 from rmseg_ros.modalities import MODALITIES, check_names
 from rmseg_ros.models.fsm import FSMStudent
@@ -54,16 +56,9 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]
     header = json.dumps(_plain(meta))
     # safetensors refuses shared or non-contiguous storage: store independent contiguous copies
     tensors = {k: v.detach().to('cpu').contiguous().clone() for k, v in state_dict.items()}
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
-    try:
-        save_file(tensors, str(tmp), metadata={HEADER_KEY: header})
-        os.chmod(tmp, 0o644)  # safetensors creates 0600: a shipped model must be readable
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # serialised here and written by atomic_write: safetensors' save_file would create its own
+    # `.tmpXXXXXX` file, which a SIGKILL leaves behind under a name no cleanup knows
+    atomic_write(path, serialize(tensors, metadata={HEADER_KEY: header}))
 
 
 def check_file(path: Path) -> None:

@@ -184,7 +184,9 @@ def format_summary(counts: ReplayCounts, elapsed_s: float) -> str:
             f'passes={counts.passes} elapsed_s={elapsed_s:.3f} '
             f'published_per_topic={json.dumps(counts.published, sort_keys=True)} '
             f'corrupt_per_topic={json.dumps(counts.skipped_corrupt, sort_keys=True)} '
-            f'unknown_type_per_topic={json.dumps(counts.skipped_unknown_type, sort_keys=True)}')
+            f'unknown_type_per_topic={json.dumps(counts.skipped_unknown_type, sort_keys=True)} '
+            f'damaged_chunks={counts.damaged_chunks} damaged_records={counts.damaged_records} '
+            f'damaged_bytes={counts.damaged_bytes} truncated={int(counts.truncated)}')
 
 
 class BagReplayNode(Node):

@@ -61,7 +61,7 @@ from rmseg_ros.perception import (
     PerceptionConfig,
     PerceptionPipeline,
     PerceptionResult,
-    check_stamp,
+    stamp_problem,
 )
 from rmseg_ros.prepared_inputs import PREPARED_MODALITIES
 from rmseg_ros.preprocess import DROP, FEED, DegradedConfig
@@ -366,10 +366,10 @@ class PerceptionNode(LifecycleNode):
         if not self.enabled:
             return
         stamp = conversions.stamp_ns(msg)
-        why = check_stamp(stamp, self.get_clock().now().nanoseconds, self.cfg.checks)
-        if why:
-            self.stats.problem(modality, 'stamp')
-            self._warn(f'{modality}: rejected message: {why}')
+        problem = stamp_problem(stamp, self.get_clock().now().nanoseconds, self.cfg.checks)
+        if problem:
+            self.stats.problem(modality, problem[0])
+            self._warn(f'{modality}: rejected message: {problem[1]}')
             return
         if modality == 'lidar' and msg.header.frame_id:
             self._lidar_frame_seen = msg.header.frame_id
@@ -379,7 +379,16 @@ class PerceptionNode(LifecycleNode):
             pipeline.prepare(modality, msg, self._camera, self._lidar_extrinsic(),
                              self.event_sensor_hw)
         with self._sync_lock:
+            jumps = self.sync.backward_jumps
             sets = self.sync.add(modality, stamp, msg)
+            dropped = self.sync.last_rejection  # counted by the synchroniser, per reason
+            jumped = self.sync.backward_jumps != jumps
+        if dropped:
+            self._warn(f'{modality}: {dropped}')
+        if jumped:  # confirmed by several messages: once per bag loop or clock reset
+            self.get_logger().warning(
+                f'{modality}: stamps jumped back in time (bag loop or clock reset): '
+                'synchronisation state reset')
         if not sets:
             return
         now = time.monotonic()

@@ -3,7 +3,9 @@
 The same synchroniser (`rmseg_ros.sync`) and preprocessing (`rmseg_ros.preprocess`) as the
 perception node, so what is trained is what runs. Two passes over the bag: the first collects the
 small static things (CameraInfo, /tf_static) and the label images by stamp; the second streams the
-sensor topics through the synchroniser. Unlabelled frames are kept and flagged.
+sensor topics through the synchroniser. Unlabelled frames are kept and flagged. mcap storage is
+read with `rmseg_ros.bag_recovery`: a truncated or damaged recording gives the samples of its
+intact chunks, and what was lost is counted in `BagStats`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 
 from rmseg_ros import conversions
+from rmseg_ros.bag_recovery import damage_of, open_any_reader
 from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.config import config_path, from_dict, load_yaml
 from rmseg_ros.modalities import MODALITIES
@@ -67,6 +70,18 @@ class BagStats:
     malformed: int = 0
     samples: int = 0
     unlabelled: int = 0
+    # mcap chunks skipped or read in part, messages known lost, bytes passed over, file cut short
+    damaged_chunks: int = 0
+    damaged_records: int = 0
+    damaged_bytes: int = 0
+    truncated: bool = False
+
+    def set_damage(self, reader: AnyReader) -> None:
+        d = damage_of(reader)
+        self.damaged_chunks = d.chunks_skipped + d.chunks_partial
+        self.damaged_records = d.records_skipped
+        self.damaged_bytes = d.bytes_skipped
+        self.truncated = d.truncated
 
 
 def _norm(topic: str) -> str:
@@ -113,16 +128,20 @@ class BagSampleReader:
             if msg is None:
                 continue
             topic = _norm(conn.topic)
-            if topic == _norm(t.camera_info) and self.camera is None:
-                self.camera = conversions.camera_info_to_intrinsics(msg)
-                self.camera_frame = self.camera_frame or msg.header.frame_id
-            elif topic == _norm(t.tf_static):
-                tree.add_message(msg)
-            elif topic in (_norm(t.semantic), _norm(t.robot)):
-                stamp = conversions.stamp_ns(msg)
-                image = conversions.image_to_numpy(msg)
-                target = self._labels if topic == _norm(t.semantic) else self._robot
-                target[stamp] = _resize_labels(image, self.frontend.hw)
+            try:
+                if topic == _norm(t.camera_info) and self.camera is None:
+                    self.camera = conversions.camera_info_to_intrinsics(msg)
+                    self.camera_frame = self.camera_frame or msg.header.frame_id
+                elif topic == _norm(t.tf_static):
+                    tree.add_message(msg)
+                elif topic in (_norm(t.semantic), _norm(t.robot)):
+                    stamp = conversions.stamp_ns(msg)
+                    image = conversions.image_to_numpy(msg)
+                    target = self._labels if topic == _norm(t.semantic) else self._robot
+                    target[stamp] = _resize_labels(image, self.frontend.hw)
+            except Exception as exc:  # a damaged record that still deserialised
+                self.stats.malformed += 1
+                log.warning('%s: skipping malformed %s record: %s', self.bag, conn.topic, exc)
         if self.camera is None:
             raise ValueError(f'{self.bag}: no CameraInfo on {t.camera_info!r}; every model '
                              'input is aligned to the camera, so the bag needs one')
@@ -159,7 +178,7 @@ class BagSampleReader:
         try:
             frame = frame_from_messages(synced.stamp_ns, messages, self.camera, T)
             model_input = build_model_input(frame, self.frontend)
-        except ValueError as exc:
+        except Exception as exc:  # damaged bytes can fail in any way: one sample, not the bag
             self.stats.malformed += 1
             log.warning('%s: skipping sample at %d: %s', self.bag, synced.stamp_ns, exc)
             return None
@@ -181,7 +200,7 @@ class BagSampleReader:
     def __iter__(self) -> Iterator[Sample]:
         t = self.config.topics
         topic_of = {_norm(getattr(t, m)): m for m in MODALITIES}
-        with AnyReader([self.bag]) as reader:
+        with open_any_reader(self.bag) as reader:
             self._first_pass(reader)
             sync = ModalitySynchronizer(self.config.sync)
             conns = [c for c in reader.connections if _norm(c.topic) in topic_of]
@@ -197,3 +216,4 @@ class BagSampleReader:
                     if sample is not None:
                         self.stats.samples += 1
                         yield sample
+            self.stats.set_damage(reader)  # before close: the storages are dropped then

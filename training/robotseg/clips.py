@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rmseg_ros import conversions
+from rmseg_ros.atomic_files import atomic_write
 from rmseg_ros.models.robotseg import prepare_frame
 
 from .config import AugmentConfig, DataConfig
@@ -47,12 +47,12 @@ def bag_dirs(patterns: list[str]) -> list[Path]:
 def read_video(bag: str | Path, hw: tuple[int, int], rgb_topic: str = 'camera/image',
                robot_topic: str = 'labels/robot') -> Video:
     """Camera frames that have a robot mask with the same stamp, resized to hw."""
-    from rosbags.highlevel import AnyReader
+    from rmseg_ros.bag_recovery import open_any_reader  # truncated / damaged mcap
 
     want = {rgb_topic.lstrip('/'): 'rgb', robot_topic.lstrip('/'): 'mask'}
     images: dict[int, np.ndarray] = {}
     masks: dict[int, np.ndarray] = {}
-    with AnyReader([Path(bag)]) as reader:
+    with open_any_reader(bag) as reader:
         conns = [c for c in reader.connections if c.topic.lstrip('/') in want]
         for conn, _, raw in reader.messages(connections=conns):
             msg = reader.deserialize(raw, conn.msgtype)
@@ -91,9 +91,8 @@ def load_videos(patterns: list[str], data: DataConfig, max_videos: int = 0) -> l
             videos.append(Video(bag.name, z['frames'], z['masks'], z['stamps']))
             continue
         v = read_video(bag, data.hw, data.rgb_topic, data.robot_topic)
-        tmp = path.with_name(f'{path.stem}.{os.getpid()}.tmp.npz')  # parallel runs: own file
-        np.savez(tmp, frames=v.frames, masks=v.masks, stamps=v.stamps)
-        tmp.replace(path)
+        atomic_write(path, lambda f, v=v: np.savez(f, frames=v.frames, masks=v.masks,
+                                                   stamps=v.stamps))
         videos.append(v)
     return videos
 

@@ -82,11 +82,11 @@ def read_feedback(bag: str | Path, topic: str) -> tuple[np.ndarray, np.ndarray]:
 
     std_msgs/Float32 has no header: the stamp is the record's log time, which a recorder sets to
     the time the score was received (bag_writer writes the frame's stamp there)."""
-    from rosbags.highlevel import AnyReader
+    from rmseg_ros.bag_recovery import open_any_reader  # truncated / damaged mcap
 
     want = topic.lstrip('/')
     stamps, scores = [], []
-    with AnyReader([Path(bag)]) as reader:
+    with open_any_reader(bag) as reader:
         conns = [c for c in reader.connections if c.topic.lstrip('/') == want]
         if not conns:
             raise KeyError(f'{bag}: no topic {topic!r} (topics: '
