@@ -24,15 +24,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from rmseg_ros.bag_replay import find_bags
 from rmseg_ros.config import share_path
 from rmseg_ros.graph import DEFAULT_WEIGHTS
 
 
 def find_bag(root: Path) -> Path:
-    """The first rosbag2 directory (one with metadata.yaml) under root."""
-    if (root / 'metadata.yaml').exists():
-        return root
-    found = sorted(p.parent for p in root.rglob('metadata.yaml'))
+    """The recording bag_replay_node would play for `root` (the first one under a folder)."""
+    found = find_bags(root) if root.exists() else []
     if not found:
         raise SystemExit(f'no rosbag2 recording under {root} (run `make demo-bag`)')
     return found[0]
