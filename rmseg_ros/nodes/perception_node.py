@@ -6,9 +6,11 @@ inference worker; deactivate: stops them and frees the device; cleanup: forgets 
 `autostart` (default) the node configures and activates itself.
 
 Data flow: sensor callbacks -> stamp checks -> FailoverSynchronizer -> latest-only worker thread
-(rmseg_ros.perception.PerceptionPipeline) -> ~/labels, ~/color_mask, ~/overlay,
-~/labeled_points (each only when subscribed) and /diagnostics. All the work is in the ROS-free
-modules; this file only translates messages and parameters.
+(rmseg_ros.perception.PerceptionPipeline) -> ~/labels, ~/color_mask, ~/overlay, ~/confidence,
+~/labeled_points (each only when subscribed) and /diagnostics. The class table is latched
+(reliable, transient local) on ~/class_table (std_msgs/String, JSON) and, where vision_msgs is
+installed, ~/label_info (vision_msgs/LabelInfo). All the work is in the ROS-free modules; this
+file only translates messages and parameters.
 
 Run:  perception_node --ros-args -p checkpoint:=weights/rmmss_student.safetensors
 """
@@ -35,6 +37,7 @@ from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from rmseg_ros import conversions
@@ -291,12 +294,36 @@ class PerceptionNode(LifecycleNode):
             'labels': self.create_publisher(Image, '~/labels', out_qos),
             'color_mask': self.create_publisher(Image, '~/color_mask', out_qos),
             'overlay': self.create_publisher(Image, '~/overlay', out_qos),
+            'confidence': self.create_publisher(Image, '~/confidence', out_qos),
             'points': self.create_publisher(PointCloud2, '~/labeled_points', out_qos),
             'diagnostics': self.create_publisher(DiagnosticArray, '/diagnostics', 10),
         }
+        self._publish_class_table()
         self._service = self.create_service(SetBool, '~/set_enabled', self._on_set_enabled)
         self._timer = self.create_timer(float(p['diagnostics_period_s']),
                                         self._publish_diagnostics)
+
+    def _publish_class_table(self) -> None:
+        """Latched once per activation: late subscribers (a costmap layer) still get it."""
+        from rclpy.qos import DurabilityPolicy
+
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        threshold = float(self.cfg.output.min_confidence)
+        pub = self.create_publisher(String, '~/class_table', latched)
+        pub.publish(String(data=self.classes.to_json(threshold)))
+        self._pubs['class_table'] = pub
+        try:
+            from vision_msgs.msg import LabelInfo, VisionClass
+        except ImportError:
+            return
+        msg = LabelInfo(threshold=threshold, class_map=[
+            VisionClass(class_id=i, class_name=n) for i, n in self.classes.class_map()])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self._camera_frame
+        pub = self.create_publisher(LabelInfo, '~/label_info', latched)
+        pub.publish(msg)
+        self._pubs['label_info'] = pub
 
     def _destroy_endpoints(self) -> None:
         if self.worker is not None:
@@ -481,6 +508,9 @@ class PerceptionNode(LifecycleNode):
                 conversions.numpy_to_image(result.color_mask, 'rgb8', header))
         if result.overlay is not None:
             pubs['overlay'].publish(conversions.numpy_to_image(result.overlay, 'rgb8', header))
+        if result.confidence_image is not None:
+            pubs['confidence'].publish(
+                conversions.numpy_to_image(result.confidence_image, 'mono8', header))
         if result.point_labels is not None:
             xyz = result.point_xyz
             cloud = np.empty(len(xyz), dtype=[('x', '<f4'), ('y', '<f4'), ('z', '<f4'),
