@@ -48,7 +48,8 @@ class Evt3Events:
     y: np.ndarray  # uint16
     t_us: np.ndarray  # int64
     p: np.ndarray  # uint8
-    first_time_us: int | None  # sensor time valid at the start of the packet (None: no time)
+    first_time_us: int | None  # the first event's sensor time, else the time valid at the
+    #                            packet's start (None: no valid time yet)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -187,6 +188,8 @@ class Evt3Decoder:
             if not keep.all():
                 out = Evt3Events(out.x[keep], out.y[keep], out.t_us[keep], out.p[keep],
                                  first_time)
+        if len(out):
+            out.first_time_us = int(out.t_us[0])
 
         # --- carry the state to the next buffer
         if hi_val.size:
@@ -224,9 +227,10 @@ def check_packet(msg: Any) -> tuple[int, int]:
 def decode_packet(msg: Any, decoder: Evt3Decoder, stamp_ns: int) -> DecodedEvents:
     """An event_camera_msgs/EventPacket (rclpy or rosbags) -> DecodedEvents.
 
-    Event ROS time = header stamp + (sensor time - the sensor time at the packet's start), the
-    convention of the ROS event-camera drivers (the stamp is the time of the packet's first
-    event). `decoder` carries the stream state between packets of one topic.
+    Event ROS time = header stamp + (sensor time - the sensor time of the packet's first
+    event): the ROS event-camera drivers stamp a packet with the time of its first event (the
+    field time_base is not used by evt3). `decoder` carries the stream state between packets of
+    one topic.
     """
     h, w = check_packet(msg)
     decoder.width, decoder.height = w, h

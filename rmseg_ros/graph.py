@@ -131,10 +131,11 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('depth_topic', 'depth/image', 'Depth image aligned with the camera: 32FC1 metres '
               '(NaN invalid) or 16UC1 millimetres (0 invalid).'),
     ParamSpec('lidar_topic', 'lidar/points', 'LiDAR PointCloud2 with x, y, z [, intensity].'),
-    ParamSpec('event_topic', 'events', 'Event camera: PointCloud2 with x, y, t, p, or an event '
-              'Image (see event_format).'),
-    ParamSpec('event_format', 'cloud', "'cloud' (PointCloud2 x y t p) or 'image' (pre-rendered "
-              'event Image).'),
+    ParamSpec('event_topic', 'events', 'Event camera: PointCloud2 with x, y, t, p, an event '
+              'Image or an event_camera_msgs/EventPacket (see event_format).'),
+    ParamSpec('event_format', 'cloud', "'cloud' (PointCloud2 x y t p), 'image' (pre-rendered "
+              "event Image) or 'packet' (event_camera_msgs/EventPacket, evt3 encoding, as the "
+              'Prophesee driver publishes; needs event_camera_msgs).'),
     ParamSpec('event_sensor_size', [0.0, 0.0], 'Event sensor [width, height] in pixels when it '
               'differs from the camera; [0, 0] = camera size.'),
     ParamSpec('use_robot_mask', False, 'Subscribe to the RobotSeg mask: robot pixels get the '

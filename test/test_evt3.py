@@ -10,46 +10,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from evt3_stream import BASE, TH, TL, V8, V12, X, Y, pack, word
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rmseg_ros.evt3 import TIME_LOOP_US, Evt3Decoder, check_packet, decode_packet
-
-
-def word(code: int, payload: int) -> int:
-    return (code << 12) | payload
-
-
-def TH(v):  # noqa: N802 - the format's names
-    return word(0x8, v)
-
-
-def TL(v):  # noqa: N802
-    return word(0x6, v)
-
-
-def Y(y):  # noqa: N802
-    return word(0x0, y)
-
-
-def X(x, p):  # noqa: N802
-    return word(0x2, (p << 11) | x)
-
-
-def BASE(x, p):  # noqa: N802
-    return word(0x3, (p << 11) | x)
-
-
-def V12(mask):  # noqa: N802
-    return word(0x4, mask)
-
-
-def V8(mask):  # noqa: N802
-    return word(0x5, mask)
-
-
-def pack(words, bigendian=False) -> bytes:
-    return np.array(words, '>u2' if bigendian else '<u2').tobytes()
 
 
 def events(ev):
@@ -98,7 +63,8 @@ def test_time_high_wraps_and_jitter_is_not_a_wrap():
     dec2.decode(pack([TH(4000), TL(1), Y(1)]))
     later = dec2.decode(pack([TH(2), TL(7), X(9, 0), TH(1), TL(8), X(10, 0)]))
     assert later.t_us.tolist() == [TIME_LOOP_US + (2 << 12) + 7, TIME_LOOP_US + (1 << 12) + 8]
-    assert later.first_time_us == (4000 << 12) + 1  # the time valid when the packet began
+    assert later.first_time_us == later.t_us[0]
+    assert dec2.decode(pack([Y(3)])).first_time_us == TIME_LOOP_US + (1 << 12) + 8  # no events
 
 
 def test_state_carries_over_between_packets():
@@ -137,8 +103,9 @@ def test_decode_packet_anchors_event_times_at_the_header_stamp():
     stamp = 100 * 10**9
     out = decode_packet(_packet([TH(1), TL(0), Y(3), X(1, 1), TL(250), X(2, 0)]), dec, stamp)
     assert out.t_ns.tolist() == [stamp, stamp + 250_000] and out.sensor_hw == (480, 640)
-    nxt = decode_packet(_packet([TL(500), X(3, 1)]), dec, stamp + 10**6)
-    assert nxt.t_ns.tolist() == [stamp + 10**6 + 250_000]  # 250 us after the packet's start
+    # the next packet continues the stream: its stamp is its first event's time
+    nxt = decode_packet(_packet([TL(500), X(3, 1), TL(900), X(4, 0)]), dec, stamp + 10**6)
+    assert nxt.t_ns.tolist() == [stamp + 10**6, stamp + 10**6 + 400_000]
 
 
 @pytest.mark.parametrize('encoding', ['evt2', 'evt2.1', 'libcaer_cmp', 'mono'])
@@ -209,3 +176,104 @@ def test_matches_the_reference_on_random_streams_in_random_packets(words, cuts):
     for a, b in itertools.pairwise(bounds):
         got += events(dec.decode(pack(words[a:max(a, b)])))
     assert got == Reference().decode(words)
+
+
+# ---------------------------------------------------------------- wired: front end and training
+
+EVENT_PACKET_MSG = '''std_msgs/Header header
+uint32 height
+uint32 width
+uint64 seq
+uint64 time_base
+string encoding
+bool is_bigendian
+uint8[] events
+'''
+STAMP0 = 1_700_000_000 * 10**9
+
+
+def _frame_events(i, rng, n=400):
+    """Events of frame i: sensor time (us) from 5 s + i * 100 ms, over 20 ms."""
+    t_us = np.sort(rng.integers(0, 20_000, n)) + 5_000_000 + i * 100_000
+    return (rng.integers(0, 160, n), rng.integers(0, 120, n), t_us, rng.integers(0, 2, n))
+
+
+def _voxel_of(x, y, t_ns, p, camera, frontend):
+    from rmseg_ros.preprocess import EventBatch, RawFrame, build_model_input
+
+    frame = RawFrame(stamp_ns=int(t_ns[-1]), camera=camera, event_sensor_hw=(120, 160))
+    frame.events = EventBatch(np.asarray(x), np.asarray(y), np.asarray(t_ns, np.int64),
+                              np.asarray(p, np.int8))
+    return build_model_input(frame, frontend).tensors['event']
+
+
+def test_decoded_packets_feed_the_front_end_like_raw_events():
+    from evt3_stream import encode, packet
+
+    from rmseg_ros.camera import CameraIntrinsics
+    from rmseg_ros.preprocess import FrontendConfig, build_model_input, frame_from_messages
+
+    rng = np.random.default_rng(3)
+    camera = CameraIntrinsics.from_fov(320, 240, 80.0)  # events on a 160 x 120 sensor
+    frontend = FrontendConfig(height=60, width=80)
+    x, y, t_us, p = _frame_events(0, rng)
+    decoder = Evt3Decoder()
+    decoded = decode_packet(packet(encode(x, y, t_us, p), STAMP0), decoder, STAMP0)
+    got = build_model_input(frame_from_messages(STAMP0, {'event': decoded}, camera),
+                            frontend).tensors['event']
+    t_ns = STAMP0 + (t_us - t_us[0]) * 1000
+    np.testing.assert_array_equal(got, _voxel_of(x, y, t_ns, p, camera, frontend))
+    assert np.abs(got).sum() > 0
+
+
+def test_training_reads_event_packets_from_an_mcap_bag(tmp_path):
+    from evt3_stream import encode
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    from rmseg_ros.camera import CameraIntrinsics
+    from rmseg_ros.sync import SyncConfig
+    from training.data.bag_samples import EVENT_PACKET, BagSampleReader, DatasetConfig
+    from training.sim import bag_writer as bw
+
+    # the writer knows EventPacket; the reader only gets it from the bag (mcap schema)
+    store = get_typestore(Stores.ROS2_KILTED)
+    store.register(get_types_from_msg(EVENT_PACKET_MSG, EVENT_PACKET))
+    Packet = store.types[EVENT_PACKET]
+    camera = CameraIntrinsics.from_fov(160, 120, 80.0)
+    rng = np.random.default_rng(5)
+    expected = {}
+    state: dict = {}
+    bag = tmp_path / 'evbag'
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conns = {t: writer.add_connection(t, m, typestore=store) for t, m in [
+            ('/camera/camera_info', 'sensor_msgs/msg/CameraInfo'),
+            ('/camera/image', 'sensor_msgs/msg/Image'), ('/events', EVENT_PACKET)]}
+        writer.write(conns['/camera/camera_info'], STAMP0, store.serialize_cdr(
+            bw.camera_info_msg(camera, STAMP0, 'cam'), 'sensor_msgs/msg/CameraInfo'))
+        for i in range(5):
+            stamp = STAMP0 + i * 100_000_000
+            x, y, t_us, p = _frame_events(i, rng)
+            header = store.types['std_msgs/msg/Header'](
+                stamp=store.types['builtin_interfaces/msg/Time'](
+                    sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id='ev')
+            msg = Packet(header=header, height=120, width=160, seq=i, time_base=0,
+                         encoding='evt3', is_bigendian=False,
+                         events=np.frombuffer(pack(encode(x, y, t_us, p, state)), np.uint8))
+            writer.write(conns['/events'], stamp, store.serialize_cdr(msg, EVENT_PACKET))
+            rgb = rng.integers(0, 255, (120, 160, 3)).astype(np.uint8)
+            writer.write(conns['/camera/image'], stamp + 1, store.serialize_cdr(
+                bw.image_msg(rgb, 'rgb8', stamp, 'cam'), 'sensor_msgs/msg/Image'))
+            expected[stamp] = (x, y, stamp + (t_us - t_us[0]) * 1000, p)
+    config = DatasetConfig.load()
+    config.sync = SyncConfig(modalities=('rgb', 'event'), required=('rgb',))
+    frontend = config.frontend()
+    reader = BagSampleReader(bag, config, frontend)
+    samples = list(reader)
+    assert reader.stats.messages['event'] == 5 and reader.stats.malformed == 0
+    assert len(samples) >= 4
+    for s in samples:
+        assert s.model_input.presence.tolist() == [True, False, False, True]
+        x, y, t_ns, p = expected[s.model_input.stamp_ns]
+        np.testing.assert_allclose(s.model_input.tensors['event'],
+                                   _voxel_of(x, y, t_ns, p, camera, frontend), atol=1e-6)

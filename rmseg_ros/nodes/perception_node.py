@@ -45,6 +45,7 @@ from rmseg_ros.camera import CameraIntrinsics, SizeLimits
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import share_path
 from rmseg_ros.diagnostics import PerceptionStats, statuses
+from rmseg_ros.evt3 import Evt3Decoder, decode_packet
 from rmseg_ros.freshness import FreshnessConfig, FreshnessPolicy
 from rmseg_ros.graph import (
     DEFAULT_WEIGHTS,
@@ -75,6 +76,16 @@ from rmseg_ros.transforms import TransformTree, transform_from_xyz_rpy
 
 NODE_NAME = 'perception'
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+
+
+def event_packet_class() -> type:
+    """event_camera_msgs/EventPacket, or a ValueError saying the package is missing."""
+    try:
+        from event_camera_msgs.msg import EventPacket
+    except ImportError:
+        raise ValueError("event_format 'packet' needs event_camera_msgs, which is not "
+                         "installed; use 'cloud' or 'image'") from None
+    return EventPacket
 
 
 def extrinsic_matrix(values: Sequence[float]) -> np.ndarray:
@@ -156,12 +167,14 @@ class PerceptionNode(LifecycleNode):
             for key in ('camera_transport', 'event_format', 'qos_reliability', 'backend',
                         'device'):
                 allowed = {'camera_transport': ('raw', 'compressed'),
-                           'event_format': ('cloud', 'image'),
+                           'event_format': ('cloud', 'image', 'packet'),
                            'qos_reliability': ('best_effort', 'reliable'),
                            'backend': ('auto', 'torch', 'onnx'),
                            'device': ('auto', 'cuda', 'cpu')}[key]
                 if p[key] not in allowed:
                     raise ValueError(f'{key} must be one of {allowed}, got {p[key]!r}')
+            if p['event_format'] == 'packet' and 'event' in self.sync_cfg.modalities:
+                event_packet_class()  # refuses now, not at activation, when it is missing
             self._load_model()
         except Exception as exc:  # any reason, logged: "autostart failed" alone says nothing
             self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}'
@@ -272,7 +285,10 @@ class PerceptionNode(LifecycleNode):
         if 'lidar' in mods:
             sub(PointCloud2, p['lidar_topic'],
                 guard('lidar', lambda m: self._on_sensor('lidar', m)))
-        if 'event' in mods:
+        if 'event' in mods and p['event_format'] == 'packet':
+            self._evt3 = Evt3Decoder()  # one stream: its state spans packets
+            sub(event_packet_class(), p['event_topic'], guard('event', self._on_event_packet))
+        elif 'event' in mods:
             cls = Image if p['event_format'] == 'image' else PointCloud2
             sub(cls, p['event_topic'], guard('event', lambda m: self._on_sensor('event', m)))
         if p['use_robot_mask']:
@@ -374,6 +390,17 @@ class PerceptionNode(LifecycleNode):
             return
         self._camera = self._camera_gate.camera
         self._camera_frame = self._camera_gate.frame_id
+
+    def _on_event_packet(self, msg: Any) -> None:
+        """Decoded as it arrives, in stream order (the EVT 3.0 state spans packets); what goes
+        on to the synchroniser is the decoded packet with its header."""
+        try:
+            decoded = decode_packet(msg, self._evt3, conversions.stamp_ns(msg))
+        except ValueError as exc:
+            self.stats.problem('event', 'malformed')
+            self._warn(f'event: packet left out: {exc}')
+            return
+        self._on_sensor('event', decoded)
 
     def _on_tf_static(self, msg: Any) -> None:
         self._tf.add_message(msg)
