@@ -10,16 +10,17 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from rmseg_ros import conversions
-from rmseg_ros.synthetic import SyntheticRig
+from rmseg_ros.synthetic import SyntheticRig, cloud_array
 
 T0_NS = 1_700_000_000 * 10**9
 PERIOD_NS = 100_000_000  # 10 Hz
 
 
 def write_rig_bag(path: Path, frames: int = 6, width: int = 160, height: int = 120,
-                  storage: str = 'mcap') -> list[int]:
-    """camera/image (rgb8), depth/image (32FC1) and camera/camera_info at 10 Hz; returns the
-    header stamps (ns) of the camera frames."""
+                  storage: str = 'mcap', lidar: bool = False) -> list[int]:
+    """camera/image (rgb8), depth/image (32FC1), camera/camera_info and, with `lidar`,
+    lidar/points (x y z intensity, same stamps) at 10 Hz; returns the camera frames' header
+    stamps (ns)."""
     from rclpy.serialization import serialize_message
     from sensor_msgs.msg import CameraInfo
     from std_msgs.msg import Header
@@ -28,11 +29,13 @@ def write_rig_bag(path: Path, frames: int = 6, width: int = 160, height: int = 1
     rig = SyntheticRig(width=width, height=height)
     cam = rig.camera
     stamps = []
+    topics = [('/camera/image', 'sensor_msgs/msg/Image'), ('/depth/image', 'sensor_msgs/msg/Image'),
+              ('/camera/camera_info', 'sensor_msgs/msg/CameraInfo')]
+    if lidar:
+        topics.append(('/lidar/points', 'sensor_msgs/msg/PointCloud2'))
     with Writer(path, version=9, storage_plugin=StoragePlugin[storage.upper()]) as writer:
         conns = {topic: writer.add_connection(topic, msgtype, typestore=store)
-                 for topic, msgtype in [('/camera/image', 'sensor_msgs/msg/Image'),
-                                        ('/depth/image', 'sensor_msgs/msg/Image'),
-                                        ('/camera/camera_info', 'sensor_msgs/msg/CameraInfo')]}
+                 for topic, msgtype in topics}
         for i in range(frames):
             stamp = T0_NS + i * PERIOD_NS
             header = Header(frame_id='camera_optical_frame')
@@ -46,6 +49,11 @@ def write_rig_bag(path: Path, frames: int = 6, width: int = 160, height: int = 1
             msgs = {'/camera/camera_info': info,
                     '/camera/image': conversions.numpy_to_image(rig.rgb(t), 'rgb8', header),
                     '/depth/image': conversions.numpy_to_image(rig.depth_m(t), '32FC1', header)}
+            if lidar:
+                xyz, intensity = rig.lidar(t)
+                lidar_header = Header(frame_id='lidar', stamp=header.stamp)
+                msgs['/lidar/points'] = conversions.array_to_pointcloud2(
+                    cloud_array(xyz, intensity), lidar_header)
             for topic, msg in msgs.items():
                 writer.write(conns[topic], stamp, serialize_message(msg))
             stamps.append(stamp)
