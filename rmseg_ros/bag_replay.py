@@ -218,8 +218,22 @@ def _read_metadata_files(path: Path) -> list[Path]:
     return [path / PurePath(f).name for f in files]
 
 
+def find_bags(path: str | Path) -> list[Path]:
+    """The rosbag2 recordings `path` names: itself when it is one (a directory with
+    metadata.yaml, or a storage file), else every directory below it holding a metadata.yaml,
+    sorted. Why: `make demo-bag` writes data/demo/test/scene_001000, users name data/demo."""
+    path = Path(path)
+    if not path.is_dir() or (path / 'metadata.yaml').is_file():
+        return [path]
+    return sorted(m.parent for m in path.rglob('metadata.yaml'))
+
+
 class BagReplay:
-    """One rosbag2 recording prepared for replay (use as a context manager or open()/close())."""
+    """One rosbag2 recording prepared for replay (use as a context manager or open()/close()).
+
+    A folder holding recordings (not one itself) plays the first of them (sorted by path);
+    `requested` keeps what was asked for and `other_bags` the ones not played.
+    """
 
     def __init__(self, path: str | Path, *, topics: Collection[str] = (), rate: float = 1.0,
                  start_offset: float = 0.0, loop: bool = False,
@@ -229,7 +243,8 @@ class BagReplay:
             raise ValueError(f'rate must be > 0, got {rate}')
         if not start_offset >= 0.0:
             raise ValueError(f'start_offset must be >= 0 s, got {start_offset}')
-        self.path = Path(path)
+        self.requested = self.path = Path(path)
+        self.other_bags: list[Path] = []
         self.whitelist = [normalize_topic(t) for t in topics if t.strip()]
         self.rate = float(rate)
         self.start_offset = float(start_offset)
@@ -253,6 +268,12 @@ class BagReplay:
             return
         if not self.path.exists():
             raise BagReplayError(f'bag {self.path} does not exist')
+        bags = find_bags(self.requested)
+        if not bags:
+            raise BagReplayError(f'{self.requested} is not a rosbag2 directory: '
+                                 f'{self.requested / "metadata.yaml"} does not exist, and no '
+                                 'recording (a folder with metadata.yaml) is below it')
+        self.path, self.other_bags = bags[0], bags[1:]
         self._storage_files = _read_metadata_files(self.path) if self.path.is_dir() \
             else [self.path]
         try:

@@ -5,6 +5,8 @@ Default: one process per node (`python -m <module> --ros-args -r __node:=NAME -r
 --params-file FILE`), as launch does; `--single-process` runs every node in this process on one
 multi-threaded executor (less memory, one log stream). With `--bag`, bringup ends when the bag
 has been played (after `--linger` seconds for the last outputs), so it can drive demos and tests.
+When a required node dies the others are stopped and bringup exits with that node's status
+(128 + N for signal N), as the launch file does: both follow `rmseg_ros.graph.on_node_exit`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import yaml
 
 from rmseg_ros.dds_transport import BUILTIN_VAR, PROFILE_VAR, transport_env
 from rmseg_ros.dds_transport import CHOICES as DDS_TRANSPORTS
-from rmseg_ros.graph import LAUNCH_ARGUMENTS, NodeSpec, build_graph
+from rmseg_ros.graph import LAUNCH_ARGUMENTS, NodeSpec, build_graph, on_node_exit
 from rmseg_ros.runtime import tune_malloc
 
 
@@ -99,6 +101,7 @@ def _run_processes(nodes: list[NodeSpec], linger: float, env: dict[str, str]) ->
     repo = str(Path(__file__).resolve().parents[1])
     env['PYTHONPATH'] = os.pathsep.join(p for p in (repo, env.get('PYTHONPATH', '')) if p)
     procs: dict[str, subprocess.Popen] = {}
+    specs = {spec.name: spec for spec in nodes}
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     status = 0
@@ -106,24 +109,11 @@ def _run_processes(nodes: list[NodeSpec], linger: float, env: dict[str, str]) ->
         # the replay waits for subscribers, so it may start first or last
         for spec in nodes:
             cmd = command(spec, Path(tmp))
-            print(f'[rmseg-bringup] starting {spec.name}: {" ".join(cmd)}', flush=True)
             procs[spec.name] = subprocess.Popen(cmd, env=env)
+            print(f'[rmseg-bringup] started {spec.name} (pid {procs[spec.name].pid}): '
+                  f'{" ".join(cmd)}', flush=True)
         try:
-            while not stop.is_set():
-                replay = procs.get('bag_replay')
-                if replay is not None and replay.poll() is not None:
-                    status = replay.returncode
-                    print(f'[rmseg-bringup] bag replay ended (status {status}); stopping in '
-                          f'{linger:g} s', flush=True)
-                    stop.wait(linger)
-                    break
-                dead = [n for n, p in procs.items() if p.poll() is not None and n != 'bag_replay']
-                if dead:
-                    status = procs[dead[0]].returncode or 1
-                    print(f'[rmseg-bringup] node {dead[0]} exited with status {status}; '
-                          'stopping the graph', flush=True)
-                    break
-                stop.wait(0.2)
+            status = _supervise(procs, specs, linger, stop)
         except KeyboardInterrupt:
             pass
         finally:
@@ -137,6 +127,32 @@ def _run_processes(nodes: list[NodeSpec], linger: float, env: dict[str, str]) ->
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+    return status
+
+
+def _supervise(procs: dict[str, subprocess.Popen], specs: dict[str, NodeSpec], linger: float,
+               stop: threading.Event) -> int:
+    """Poll the children until the exit policy (graph.on_node_exit) or a signal stops the graph;
+    the graph's exit status. A failure during a linger still counts."""
+    seen: set[str] = set()
+    status = 0
+    stop_at: float | None = None
+    while not stop.is_set():
+        for name, proc in procs.items():
+            if name in seen or proc.poll() is None:
+                continue
+            seen.add(name)
+            decision = on_node_exit(specs[name], proc.returncode, linger_s=linger)
+            print(f'[rmseg-bringup] {decision.message}', flush=True)
+            if not decision.stop:
+                continue
+            if decision.status != 0:
+                return decision.status
+            when = time.monotonic() + decision.delay_s
+            stop_at = when if stop_at is None else min(stop_at, when)
+        if stop_at is not None and time.monotonic() >= stop_at:
+            return status
+        stop.wait(0.1)
     return status
 
 
@@ -161,8 +177,12 @@ def _make_node(spec: NodeSpec, context: Any) -> Any:
 
 
 def _run_single(nodes: list[NodeSpec], linger: float) -> int:
+    """Every node on one executor. A node that cannot start, or a replay that fails, is a
+    required node dying: the graph stops with the status its own process would have had."""
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
+
+    from rmseg_ros.nodes.perception_node import SUCCESS
 
     context = rclpy.Context()
     tune_malloc()  # as each node process does (nodes/runner.py)
@@ -170,23 +190,43 @@ def _run_single(nodes: list[NodeSpec], linger: float) -> int:
     executor = MultiThreadedExecutor(context=context)
     made = []
     replay_thread = None
+    replay_failure: list[BaseException] = []
     stop = threading.Event()
+    status = 0
+
+    def replay(node: Any) -> None:
+        try:
+            node.run(stop)
+        except BaseException as exc:  # reported by the main thread
+            replay_failure.append(exc)
+
     try:
         for spec in nodes:
-            node = _make_node(spec, context)
+            try:
+                node = _make_node(spec, context)
+            except Exception as exc:  # e.g. the bag cannot be read
+                print(f'[rmseg-bringup] {spec.name} cannot start: {exc}', flush=True)
+                return on_node_exit(spec, 2).status
             made.append(node)
             executor.add_node(node)
             if spec.executable == 'perception_node' and node.get_parameter('autostart').value:
-                node.trigger_configure()
-                node.trigger_activate()
+                if node.trigger_configure() != SUCCESS or node.trigger_activate() != SUCCESS:
+                    decision = on_node_exit(spec, 2)
+                    print(f'[rmseg-bringup] {spec.name}: autostart failed; {decision.message}',
+                          flush=True)
+                    return decision.status
             if spec.executable == 'bag_replay_node':
-                replay_thread = threading.Thread(target=node.run, args=(stop,), daemon=True)
+                replay_thread = threading.Thread(target=replay, args=(node,), daemon=True)
         if replay_thread is not None:
             replay_thread.start()
         spin = threading.Thread(target=executor.spin, daemon=True)
         spin.start()
         while replay_thread is None or replay_thread.is_alive():
             time.sleep(0.2)
+        if replay_failure:
+            exc = replay_failure[0]
+            print(f'[rmseg-bringup] bag replay failed: {type(exc).__name__}: {exc}', flush=True)
+            return 2
         time.sleep(linger)
     except KeyboardInterrupt:
         pass
@@ -200,7 +240,7 @@ def _run_single(nodes: list[NodeSpec], linger: float) -> int:
         for node in made:
             node.destroy_node()
         context.try_shutdown()
-    return 0
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

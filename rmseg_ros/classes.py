@@ -5,6 +5,7 @@ Every checkpoint carries its class list; nodes compare it with this table and re
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,3 +44,15 @@ class ClassTable:
         lut = np.zeros((256, 3), dtype=np.uint8)
         lut[: len(self.names)] = self.colors
         return lut
+
+    def class_map(self) -> list[tuple[int, str]]:
+        """(id, name) for every class: vision_msgs/LabelInfo's class_map."""
+        return list(enumerate(self.names))
+
+    def to_json(self, threshold: float = 0.0) -> str:
+        """The table as JSON (ids, names, RGB colours, ignore index, confidence threshold): the
+        latched `~/class_table` string, readable without vision_msgs."""
+        return json.dumps({
+            'classes': [{'id': i, 'name': n, 'color': [int(v) for v in self.colors[i]]}
+                        for i, n in self.class_map()],
+            'ignore_index': self.ignore_index, 'threshold': float(threshold)})

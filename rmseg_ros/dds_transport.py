@@ -42,3 +42,15 @@ def transport_env(env: Mapping[str, str], transport: str) -> dict[str, str]:
     out.pop(PROFILE_VAR, None)
     out[BUILTIN_VAR] = transport
     return out
+
+
+def env_changes(base: Mapping[str, str],
+                target: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """(variables to set, variables to unset) turning `base` into `target`.
+
+    Why both: a launcher that can only add variables (launch_ros `additional_env`) would leave a
+    FASTDDS_BUILTIN_TRANSPORTS from the caller next to the profile; the unset list says what it
+    must remove too.
+    """
+    added = {k: v for k, v in target.items() if base.get(k) != v}
+    return added, sorted(k for k in base if k not in target)

@@ -3,9 +3,10 @@
 Steps: read the LiDAR -> camera extrinsic from the bag's /tf_static (with `rosbags`; the node
 cannot subscribe to TFMessage where tf2_msgs is not installed), start the recorder node, run
 `rmseg-bringup --bag` (one process per node), then turn the recording into demo_output/:
-overlay/*.png, overlay.avi (MJPG), montage.png (every n-th overlay with the subset used),
-timeline.jsonl (per diagnostics tick: subset used, missing modalities, states, latency) and
-summary.json (rates, latency, subsets used, frames).
+bag/ (every output as rosbag2 mcap, on the input's clock: Foxglove, or replay into rviz2),
+overlay/*.png, overlay.avi (MJPG), montage.png (every n-th overlay with the subset used, and a
+class colour legend), timeline.jsonl (per diagnostics tick: subset used, missing modalities,
+states, latency) and summary.json (rates, latency, subsets used, frames).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,15 +26,15 @@ from typing import Any
 import cv2
 import numpy as np
 
+from rmseg_ros.bag_replay import find_bags
+from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import share_path
 from rmseg_ros.graph import DEFAULT_WEIGHTS
 
 
 def find_bag(root: Path) -> Path:
-    """The first rosbag2 directory (one with metadata.yaml) under root."""
-    if (root / 'metadata.yaml').exists():
-        return root
-    found = sorted(p.parent for p in root.rglob('metadata.yaml'))
+    """The recording bag_replay_node would play for `root` (the first one under a folder)."""
+    found = find_bags(root) if root.exists() else []
     if not found:
         raise SystemExit(f'no rosbag2 recording under {root} (run `make demo-bag`)')
     return found[0]
@@ -166,7 +168,23 @@ def _montage(files: list[Path], overlays: list[dict], timeline: list[dict], path
     while len(tiles) % 4:
         tiles.append(np.zeros_like(tiles[0]))
     rows = [np.hstack(tiles[k:k + 4]) for k in range(0, len(tiles), 4)]
-    cv2.imwrite(str(path), np.vstack(rows))
+    grid = np.vstack(rows)
+    cv2.imwrite(str(path), np.vstack([grid, legend(ClassTable.load(), grid.shape[1])]))
+
+
+def legend(classes: ClassTable, width: int, row_h: int = 22) -> np.ndarray:
+    """A BGR strip naming each class's overlay colour, as many per row as fit `width`."""
+    cell = 130
+    per_row = max(1, width // cell)
+    n_rows = -(-len(classes) // per_row)
+    strip = np.zeros((n_rows * row_h + 4, width, 3), np.uint8)
+    for i, (name, rgb) in enumerate(zip(classes.names, classes.colors, strict=True)):
+        x, y = (i % per_row) * cell + 4, (i // per_row) * row_h + 4
+        bgr = tuple(int(v) for v in rgb[::-1])
+        cv2.rectangle(strip, (x, y), (x + 16, y + 14), bgr, -1)
+        cv2.putText(strip, f'{i} {name}', (x + 22, y + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (255, 255, 255), 1)
+    return strip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists():
         for old in list(out.glob('overlay/*.png')) + list(out.glob('*.*')):
             old.unlink()
+        shutil.rmtree(out / 'bag', ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = opts.checkpoint or str(share_path(DEFAULT_WEIGHTS))
     T = bag_extrinsic(bag)
@@ -220,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         print('[demo] FAILED: no overlays were produced' if summary['overlays'] == 0
               else f'[demo] bringup exited with status {status}', file=sys.stderr)
         return 1
-    print(f'[demo] wrote {out}/ (overlay.avi, montage.png, timeline.jsonl, summary.json)')
+    print(f'[demo] wrote {out}/ (bag/ = every output as rosbag2 mcap, overlay.avi, '
+          'montage.png, timeline.jsonl, summary.json)')
     return 0
 
 

@@ -49,6 +49,50 @@ class NodeSpec:
     remappings: list[tuple[str, str]] = field(default_factory=list)
     namespace: str = ''
     package: str = PACKAGE
+    # exit policy (`on_node_exit`): a required node's exit stops the graph; a `finishes` node
+    # (the bag replay) exiting 0 has done its job, and the graph stops after a linger
+    required: bool = True
+    finishes: bool = False
+
+
+@dataclass(frozen=True)
+class ExitDecision:
+    """What the launch file and bringup do when one node's process exits."""
+
+    stop: bool  # stop the whole graph
+    status: int  # the graph's exit status when this stops it
+    delay_s: float  # wait before stopping (the replay's last outputs still flow)
+    message: str
+
+
+def exit_status(returncode: int) -> int:
+    """A child's return code as a shell exit status (killed by signal N -> 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def on_node_exit(spec: NodeSpec, returncode: int, *, shutting_down: bool = False,
+                 linger_s: float = 3.0) -> ExitDecision:
+    """The exit policy shared by `perception.launch.py` and `rmseg-bringup`.
+
+    Why one function: a robot's bringup must notice a dead perception node the same way
+    whichever tool started it. Exits while the graph is already stopping are expected.
+    """
+    status = exit_status(returncode)
+    if shutting_down:
+        return ExitDecision(False, 0, 0.0, f'{spec.name} stopped (status {status})')
+    if status != 0:
+        if not spec.required:
+            return ExitDecision(False, 0, 0.0, f'{spec.name} exited with status {status} '
+                                               '(not required: the graph goes on)')
+        return ExitDecision(True, status, 0.0, f'required node {spec.name} exited with '
+                                               f'status {status}: stopping the graph')
+    if spec.finishes:
+        return ExitDecision(True, 0, linger_s, f'{spec.name} finished; stopping the graph '
+                                               f'in {linger_s:g} s')
+    if spec.required:
+        return ExitDecision(True, 0, 0.0, f'required node {spec.name} exited; stopping the '
+                                          'graph')
+    return ExitDecision(False, 0, 0.0, f'{spec.name} exited')
 
 
 def _csv(names: tuple[str, ...] | list[str]) -> str:
@@ -87,10 +131,11 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('depth_topic', 'depth/image', 'Depth image aligned with the camera: 32FC1 metres '
               '(NaN invalid) or 16UC1 millimetres (0 invalid).'),
     ParamSpec('lidar_topic', 'lidar/points', 'LiDAR PointCloud2 with x, y, z [, intensity].'),
-    ParamSpec('event_topic', 'events', 'Event camera: PointCloud2 with x, y, t, p, or an event '
-              'Image (see event_format).'),
-    ParamSpec('event_format', 'cloud', "'cloud' (PointCloud2 x y t p) or 'image' (pre-rendered "
-              'event Image).'),
+    ParamSpec('event_topic', 'events', 'Event camera: PointCloud2 with x, y, t, p, an event '
+              'Image or an event_camera_msgs/EventPacket (see event_format).'),
+    ParamSpec('event_format', 'cloud', "'cloud' (PointCloud2 x y t p), 'image' (pre-rendered "
+              "event Image) or 'packet' (event_camera_msgs/EventPacket, evt3 encoding, as the "
+              'Prophesee driver publishes; needs event_camera_msgs).'),
     ParamSpec('event_sensor_size', [0.0, 0.0], 'Event sensor [width, height] in pixels when it '
               'differs from the camera; [0, 0] = camera size.'),
     ParamSpec('use_robot_mask', False, 'Subscribe to the RobotSeg mask: robot pixels get the '
@@ -186,7 +231,8 @@ PARAMETER_NAMES = frozenset(p.name for p in PERCEPTION_PARAMETERS)
 # launch argument -> (default, description); the launch file and bringup both offer these.
 LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     'config': ('', 'perception YAML (config/perception.yaml format); empty = the package one'),
-    'device': ('auto', 'inference device: auto, cuda or cpu'),
+    'device': ('', "inference device: auto, cuda or cpu; empty = the config's node.device "
+                   '(auto when it has none)'),
     'use_robotseg': ('false', 'also run the RobotSeg node and feed its mask to perception'),
     'bag': ('', 'rosbag2 directory to replay through the graph (empty: live sensors)'),
     'namespace': ('', 'namespace of every node'),
@@ -292,12 +338,17 @@ def _input_topics(params: dict[str, Any]) -> list[str]:
     return [value['camera_info_topic']] + [value[topic_of[m]] for m in mods]
 
 
-def build_graph(config: str = '', device: str = 'auto', use_robotseg: str | bool = False,
+def build_graph(config: str = '', device: str = '', use_robotseg: str | bool = False,
                 bag: str = '', namespace: str = '', checkpoint: str = '') -> list[NodeSpec]:
-    """The nodes to run for the given launch arguments (strings, as launch passes them)."""
+    """The nodes to run for the given launch arguments (strings, as launch passes them).
+
+    An empty argument leaves the config file's value (so `device` in the YAML holds unless
+    `device:=...` is given).
+    """
     path = Path(config) if config else config_path('perception.yaml')
     params = parameters_from_config(load_yaml(path))
-    params['device'] = device or 'auto'
+    if device:
+        params['device'] = device
     if checkpoint:
         params['checkpoint'] = checkpoint
     robotseg = _truthy(use_robotseg)
@@ -311,13 +362,13 @@ def build_graph(config: str = '', device: str = 'auto', use_robotseg: str | bool
             parameters={'bag': str(bag), 'wait_for_subscribers': 1,
                         'wait_for_subscribers_timeout': 60.0, 'qos': 'reliable',
                         'topics': _input_topics(params)},
-            remappings=[]))
+            remappings=[], finishes=True))
     if robotseg:
         params['use_robot_mask'] = True
         params['robot_mask_topic'] = 'robotseg/robot_mask'
         nodes.append(NodeSpec(
             name='robotseg', executable='robotseg_node', module='rmseg_ros.nodes.robotseg_node',
-            namespace=namespace, parameters={'device': params['device']},
+            namespace=namespace, parameters={'device': params.get('device', 'auto')},
             remappings=[('camera/image', params.get('camera_topic', 'camera/image'))]))
     nodes.append(NodeSpec(name='perception', executable='perception_node',
                           module='rmseg_ros.nodes.perception_node', namespace=namespace,

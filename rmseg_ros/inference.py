@@ -256,29 +256,32 @@ class Segmenter:
             raise ValueError(f'onnx backend runs at {self.input_hw}, inputs are {tuple(hw)}')
         return used
 
-    def predict(self, inputs: dict[str, np.ndarray], presence: Any
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray], presence: Any, confidence: bool = True
+                ) -> tuple[np.ndarray, np.ndarray | None]:
         """inputs {modality: (C, H, W) float32}, presence bool[4] or names ->
-        labels (H, W) uint8, confidence (H, W) float32 (max softmax probability)."""
+        labels (H, W) uint8, confidence (H, W) float32 (max softmax probability; None when
+        `confidence` is false, which saves its cost)."""
         pres = self._presence(presence)
         used = self._check_inputs(inputs, pres)
         if self.backend == 'onnx':
-            return self._predict_onnx(used)
-        return self._run(used)
+            return self._predict_onnx(used, confidence)
+        return self._run(used, confidence)
 
-    def _predict_onnx(self, used: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _predict_onnx(self, used: dict[str, np.ndarray], confidence: bool = True
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
         chans = input_channels(self.event_bins)
         hw = next(iter(used.values())).shape[1:]
         feed = {m: (used[m][None] if m in used else np.zeros((1, chans[m], *hw), np.float32))
                 for m in MODALITIES}
         feed['presence'] = np.array([[m in used for m in MODALITIES]], dtype=np.float32)
         (logits,) = self._session.run(['logits'], feed)
-        return labels_from_logits(logits[0], hw)
+        return labels_from_logits(logits[0], hw, confidence)
 
-    def _run(self, used: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, used: dict[str, np.ndarray], confidence: bool = True
+             ) -> tuple[np.ndarray, np.ndarray | None]:
         """Torch inference with the permanent CUDA -> CPU fallback."""
         try:
-            return self._forward(used)
+            return self._forward(used, confidence)
         except Exception as exc:
             if self.device == 'cpu' or not _is_cuda_failure(exc):
                 raise
@@ -287,9 +290,10 @@ class Segmenter:
             self._place('cpu')
             with contextlib.suppress(Exception):
                 torch.cuda.empty_cache()
-            return self._forward(used)
+            return self._forward(used, confidence)
 
-    def _forward(self, used: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, used: dict[str, np.ndarray], confidence: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
         device = self.device
         presence = torch.tensor([m in used for m in MODALITIES], device=device)
         autocast = torch.autocast('cuda', dtype=torch.float16) if (
@@ -300,4 +304,4 @@ class Segmenter:
                 x = {m: t.contiguous(memory_format=torch.channels_last) for m, t in x.items()}
             logits = self.model(x, presence, upsample=False).logits
         hw = next(iter(used.values())).shape[1:]
-        return labels_from_logits(logits[0].float().cpu().numpy(), hw)
+        return labels_from_logits(logits[0].float().cpu().numpy(), hw, confidence)

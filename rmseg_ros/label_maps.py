@@ -10,8 +10,8 @@ it in every convex combination. So pixels whose four cells agree copy that class
 pixels next to a change of class need the interpolated logits.
 
 Confidence (max softmax probability) is computed per cell and upsampled bilinearly. It serves
-thresholding (`output.min_confidence`), which does not need the max-softmax of each
-interpolated vector.
+thresholding (`output.min_confidence`) and the node's `~/confidence` image, neither of which
+needs the max-softmax of each interpolated vector; `confidence=False` skips it (nobody asked).
 """
 
 from __future__ import annotations
@@ -52,10 +52,11 @@ def _argmax_top(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return best, top
 
 
-def labels_from_logits(logits: np.ndarray, out_hw: tuple[int, int]
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def labels_from_logits(logits: np.ndarray, out_hw: tuple[int, int], confidence: bool = True
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
     """(K, h, w) logits -> labels (H, W) uint8 = argmax of the bilinearly upsampled logits, and
-    confidence (H, W) float32 = per-cell max softmax probability, upsampled. K <= 256."""
+    confidence (H, W) float32 = per-cell max softmax probability, upsampled (None when
+    `confidence` is false). K <= 256."""
     logits = np.asarray(logits)
     if logits.ndim != 3 or not 1 <= logits.shape[0] <= 256:
         raise ValueError(f'logits must be (K, h, w) with 1 <= K <= 256, got {logits.shape}')
@@ -63,7 +64,6 @@ def labels_from_logits(logits: np.ndarray, out_hw: tuple[int, int]
     out_h, out_w = int(out_hw[0]), int(out_hw[1])
     planes = np.ascontiguousarray(logits.reshape(k, h * w), dtype=np.float32)
     best, top = _argmax_top(planes)
-    confidence_cells = 1.0 / np.exp(planes - top).sum(axis=0)
 
     # cells whose 2x2 block (clamped at the last row / column) has one class
     grid = best.reshape(h, w)
@@ -80,6 +80,8 @@ def labels_from_logits(logits: np.ndarray, out_hw: tuple[int, int]
         cells = np.ascontiguousarray(planes.T).reshape(h, w, k)
         up = cv2.resize(cells, (out_w, out_h), interpolation=cv2.INTER_LINEAR).reshape(-1, k)
         labels[mixed] = _argmax_top(np.ascontiguousarray(np.take(up, mixed, axis=0).T))[0]
-    confidence = cv2.resize(confidence_cells.reshape(h, w).astype(np.float32), (out_w, out_h),
-                            interpolation=cv2.INTER_LINEAR)
-    return labels.reshape(out_h, out_w), confidence
+    if not confidence:
+        return labels.reshape(out_h, out_w), None
+    cells = (1.0 / np.exp(planes - top).sum(axis=0)).reshape(h, w).astype(np.float32)
+    return labels.reshape(out_h, out_w), cv2.resize(cells, (out_w, out_h),
+                                                    interpolation=cv2.INTER_LINEAR)

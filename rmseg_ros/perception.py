@@ -23,7 +23,7 @@ from rmseg_ros.prepared_inputs import PreparedInputCache
 from rmseg_ros.preprocess import DegradedConfig, build_model_input, frame_from_messages
 from rmseg_ros.sync import NS_PER_S, SyncConfig, SyncedSet
 
-OUTPUTS = ('labels', 'color_mask', 'overlay', 'points')
+OUTPUTS = ('labels', 'color_mask', 'overlay', 'confidence', 'points')
 
 
 class NoUsableInputError(ValueError):
@@ -73,13 +73,14 @@ class PerceptionConfig:
 class PerceptionResult:
     stamp_ns: int
     labels: np.ndarray  # (H, W) uint8 at the output size
-    confidence: np.ndarray  # (H, W) float32 at the model size
+    confidence: np.ndarray | None  # (H, W) float32 at the model size; None: not needed
     used: tuple[str, ...]  # modalities fed to the model
     missing: frozenset[str]  # left out by the synchroniser (stale, never seen, none in slop)
     degraded: dict[str, str]  # modality -> why it was judged degraded
     errors: dict[str, str]  # modality -> why its message could not be decoded
     color_mask: np.ndarray | None = None
     overlay: np.ndarray | None = None
+    confidence_image: np.ndarray | None = None  # (H, W) uint8 0..255 at the output size
     point_xyz: np.ndarray | None = None  # (N, 3) float32 in the LiDAR frame
     point_labels: np.ndarray | None = None  # (N,) uint8, 255 outside the view or occluded
     point_robot: np.ndarray | None = None  # (N,) uint8, 1 on points under the robot mask
@@ -167,7 +168,10 @@ class PerceptionPipeline:
                 f'no usable modality in set {synced.stamp_ns}: {why or "empty"}', errors,
                 model_input.degraded)
         t1 = time.perf_counter()
-        labels, confidence = self.segmenter.predict(model_input.tensors, model_input.presence)
+        # the softmax is skipped when neither the threshold nor a subscriber needs it
+        need_confidence = 'confidence' in want or self.cfg.output.min_confidence > 0
+        labels, confidence = self.segmenter.predict(model_input.tensors, model_input.presence,
+                                                    confidence=need_confidence)
         t2 = time.perf_counter()
         if self.cfg.output.min_confidence > 0:
             labels = labels.copy()
@@ -191,6 +195,10 @@ class PerceptionPipeline:
             result.overlay = visualization.overlay(
                 visualization.base_image(model_input), labels, self.palette,
                 self.cfg.output.overlay_alpha, self.classes.ignore_index)
+        if 'confidence' in want:
+            result.confidence_image = visualization.confidence_image(confidence, out_hw)
+            if robot is not None:  # those labels come from the robot mask, not the model
+                result.confidence_image[robot] = 255
         if 'points' in want and frame.lidar_xyz is not None and 'lidar' not in errors:
             xyz = frame.lidar_xyz.astype(np.float32, copy=False)
             result.point_xyz = xyz

@@ -26,6 +26,7 @@ from rmseg_ros import conversions
 from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.depth import check_encoding, depth_to_metres, resize_nearest
 from rmseg_ros.events import event_image_to_voxel, events_to_voxel
+from rmseg_ros.evt3 import DecodedEvents
 from rmseg_ros.lidar_projection import lidar_hits
 from rmseg_ros.modalities import MODALITIES
 
@@ -155,7 +156,8 @@ def frame_from_messages(stamp_ns: int, messages: dict[str, Any], camera: CameraI
     """Decode a synchronised set {modality: message} into a RawFrame.
 
     'rgb': Image or CompressedImage; 'depth': Image (16UC1 mm or 32FC1 m); 'lidar': PointCloud2
-    with x, y, z [, intensity]; 'event': PointCloud2 with x, y, t, p or a pre-rendered Image.
+    with x, y, z [, intensity]; 'event': PointCloud2 with x, y, t, p, a pre-rendered Image, or
+    an EventPacket decoded by `rmseg_ros.evt3.decode_packet` (stream state lives there).
     Raises ValueError (naming the modality) on malformed input; with an `errors` dict, a
     malformed modality is left out of the frame instead and its reason stored there (online:
     one broken topic must not cost the others their frame).
@@ -179,7 +181,10 @@ def frame_from_messages(stamp_ns: int, messages: dict[str, Any], camera: CameraI
                 if 'intensity' in names:
                     frame.lidar_intensity = cloud['intensity'].astype(np.float32)
             elif modality == 'event':
-                if hasattr(msg, 'fields'):
+                if isinstance(msg, DecodedEvents):  # an EventPacket, decoded on arrival
+                    frame.events = EventBatch(msg.x, msg.y, msg.t_ns, msg.p.astype(np.int8))
+                    frame.event_sensor_hw = frame.event_sensor_hw or msg.sensor_hw
+                elif hasattr(msg, 'fields'):
                     frame.events = _events_from_cloud(msg)
                 else:
                     frame.event_image = _non_empty(conversions.image_to_numpy(msg))

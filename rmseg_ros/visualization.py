@@ -57,3 +57,12 @@ def overlay(base: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: fl
     if unknown.any():
         out[unknown] = base[unknown]
     return out
+
+
+def confidence_image(confidence: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Max softmax probability (H, W) in [0, 1] -> mono8 (0..255) at `hw`, bilinear: the
+    confidence image a semantic costmap layer reads next to the label image of the same size."""
+    conf = np.asarray(confidence, dtype=np.float32)
+    if conf.shape != tuple(hw):
+        conf = cv2.resize(conf, (int(hw[1]), int(hw[0])), interpolation=cv2.INTER_LINEAR)
+    return np.rint(np.clip(conf, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -712,3 +712,16 @@ def test_message_classes_and_qos_are_resolved() -> None:
     assert make_qos('sensor_data', 3).reliability == ReliabilityPolicy.BEST_EFFORT
     with pytest.raises(ValueError):
         make_qos('fast', 1)
+
+
+def test_a_folder_of_recordings_plays_the_first_and_names_the_rest(tmp_path: Path) -> None:
+    first = write_bag(tmp_path / 'demo' / 'test' / 'scene_1', 'mcap')
+    write_bag(tmp_path / 'demo' / 'train' / 'scene_2', 'sqlite3')
+    with BagReplay(tmp_path / 'demo', topics=[IMAGE]) as replay:
+        assert replay.requested == tmp_path / 'demo'
+        assert replay.path == tmp_path / 'demo' / 'test' / 'scene_1'
+        assert replay.other_bags == [tmp_path / 'demo' / 'train' / 'scene_2']
+        assert [r.data for r in replay.records()] == [w.data for w in good(first, (IMAGE,))]
+    (tmp_path / 'empty' / 'sub').mkdir(parents=True)
+    with pytest.raises(BagReplayError, match=r'metadata\.yaml'):
+        BagReplay(tmp_path / 'empty').open()

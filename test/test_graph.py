@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,8 @@ def test_launch_file_is_launch_ros_code_with_every_argument():
                for a in n.names}
     assert ('launch_ros.actions', 'Node') in imports
     assert ('launch.actions', 'DeclareLaunchArgument') in imports
+    assert ('launch.actions', 'UnsetEnvironmentVariable') in imports
+    assert ('launch.event_handlers', 'OnProcessExit') in imports
     funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert 'generate_launch_description' in funcs
     assert set(LAUNCH_ARGUMENTS) == {'config', 'device', 'use_robotseg', 'bag', 'namespace',
@@ -135,3 +138,111 @@ def test_node_help_lists_parameters_without_starting_ros():
                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0
     assert 'sync.timeouts.lidar' in out.stdout and 'lidar_extrinsic' in out.stdout
+
+
+# ---------------------------------------------------------------------------- issue 20 defects
+
+def _config_with(tmp_path, **node):
+    data = yaml.safe_load((REPO / 'config' / 'perception.yaml').read_text())
+    data['node'].update(node)
+    path = tmp_path / 'perception.yaml'
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _perception_params(nodes):
+    return next(n for n in nodes if n.name == 'perception').parameters
+
+
+def test_device_in_the_config_file_holds_unless_the_argument_is_given(tmp_path):
+    config = _config_with(tmp_path, device='cpu')
+    # launch passes every argument, with its default where the user gave none
+    defaults = {name: default for name, (default, _) in LAUNCH_ARGUMENTS.items()}
+    launched = _launch_module().node_kwargs(**{**defaults, 'config': config})
+    assert launched[-1]['parameters'][0]['device'] == 'cpu'
+    ns = bringup.build_parser().parse_args(['--config', config])
+    assert _perception_params(bringup.graph_from_args(ns))['device'] == 'cpu'
+    over = _launch_module().node_kwargs(**{**defaults, 'config': config, 'device': 'cuda'})
+    assert over[-1]['parameters'][0]['device'] == 'cuda'
+    robotseg = build_graph(config=config, use_robotseg='true')
+    assert robotseg[0].name == 'robotseg' and robotseg[0].parameters['device'] == 'cpu'
+
+
+def test_exit_policy_stops_the_graph_when_a_required_node_dies():
+    from rmseg_ros.graph import exit_status, on_node_exit
+
+    replay, robotseg, perception = build_graph(bag='data/demo', use_robotseg='true')
+    assert (replay.name, robotseg.name, perception.name) == ('bag_replay', 'robotseg',
+                                                             'perception')
+    assert perception.required and robotseg.required and replay.finishes
+    failed = on_node_exit(perception, 2)
+    assert failed.stop and failed.status == 2 and failed.delay_s == 0
+    assert 'perception' in failed.message
+    killed = on_node_exit(robotseg, -9)  # SIGKILL, as a shell reports it
+    assert killed.stop and killed.status == exit_status(-9) == 137
+    bad_bag = on_node_exit(replay, 2)
+    assert bad_bag.stop and bad_bag.status == 2
+    played = on_node_exit(replay, 0, linger_s=1.5)
+    assert played.stop and played.status == 0 and played.delay_s == 1.5
+    # exits while the graph is stopping (SIGINT from the launcher) are expected
+    assert not on_node_exit(perception, -2, shutting_down=True).stop
+
+
+def test_launch_exit_handler_fails_the_launch_for_a_dead_required_node():
+    launch_module = _launch_module()
+    perception = build_graph()[-1]
+    with pytest.raises(launch_module.RequiredNodeExitedError, match=r'perception.*status 2'):
+        launch_module.exit_actions(perception, 2, False)
+    assert launch_module.exit_actions(perception, -2, True) == []
+
+
+def test_launch_nodes_never_get_the_builtin_transports_and_the_profile_together(monkeypatch):
+    from rmseg_ros.dds_transport import BUILTIN_VAR, PROFILE_VAR, env_changes
+
+    monkeypatch.delenv(PROFILE_VAR, raising=False)
+    monkeypatch.setenv(BUILTIN_VAR, 'LARGE_DATA')
+    module = _launch_module()
+    env = module.node_environment()
+    assert Path(env[PROFILE_VAR]).name == 'fastdds_shm.xml' and BUILTIN_VAR not in env
+    added, removed = env_changes(os.environ, env)
+    assert removed == [BUILTIN_VAR]  # the launch file unsets it for its nodes
+    assert module.node_kwargs()[0]['additional_env'] == added
+    effective = {k: v for k, v in os.environ.items() if k not in removed} | added
+    assert effective == env
+    monkeypatch.setenv(PROFILE_VAR, '/etc/robot/dds.xml')  # the user's profile and choice stay
+    assert env_changes(os.environ, module.node_environment()) == ({}, [])
+
+
+def test_package_xml_declares_launch_and_launch_ros():
+    import xml.etree.ElementTree as ET
+
+    exec_deps = {e.text for e in ET.parse(REPO / 'package.xml').getroot().findall('exec_depend')}
+    assert {'launch', 'launch_ros'} <= exec_deps
+
+
+def _launch_available() -> bool:
+    try:
+        from ament_index_python.packages import get_package_prefix
+
+        get_package_prefix('rmseg_ros')  # the Node actions run installed executables
+    except Exception:
+        return False
+    return all(importlib.util.find_spec(m) is not None
+               for m in ('launch.launch_service', 'launch_ros.actions'))
+
+
+@pytest.mark.ros
+@pytest.mark.skipif(not _launch_available(),
+                    reason='launch / launch_ros or an installed rmseg_ros are not available')
+def test_launch_service_exits_nonzero_when_perception_cannot_start(ros_domain, tmp_path):
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    from launch import LaunchDescription, LaunchService
+
+    service = LaunchService()
+    service.include_launch_description(LaunchDescription([IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
+        launch_arguments={'checkpoint': str(tmp_path / 'missing.safetensors'),
+                          'device': 'cpu'}.items())]))
+    assert service.run() != 0

@@ -51,3 +51,11 @@ def test_rejects_bad_shapes():
         labels_from_logits(np.zeros((3, 4), np.float32), (8, 8))
     with pytest.raises(ValueError, match='K, h, w'):
         labels_from_logits(np.zeros((300, 4, 4), np.float32), (8, 8))
+
+
+def test_confidence_is_skipped_when_not_asked_for():
+    logits = np.random.default_rng(1).normal(size=(5, 6, 8)).astype(np.float32)
+    labels, confidence = labels_from_logits(logits, (24, 32))
+    same, none = labels_from_logits(logits, (24, 32), confidence=False)
+    assert none is None and np.array_equal(labels, same)
+    assert confidence.shape == (24, 32) and 0.2 <= confidence.min() <= confidence.max() <= 1.0

@@ -487,11 +487,11 @@ def test_cuda_failure_falls_back_to_cpu_for_good(student_checkpoint, caplog):
     calls = []
     real_forward = seg._forward
 
-    def flaky(used):
+    def flaky(used, *args):
         calls.append(seg.device)
         if seg.device == 'cuda':
             raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
-        return real_forward(used)
+        return real_forward(used, *args)
 
     seg._forward = flaky
     with caplog.at_level(logging.WARNING, logger='rmseg_ros.inference'):
@@ -505,7 +505,7 @@ def test_cuda_failure_falls_back_to_cpu_for_good(student_checkpoint, caplog):
 
     # an error that is not a CUDA failure is not hidden by the fallback
     seg.device = 'cuda'
-    seg._forward = lambda used: (_ for _ in ()).throw(ValueError('bad input'))
+    seg._forward = lambda used, *args: (_ for _ in ()).throw(ValueError('bad input'))
     with pytest.raises(ValueError, match='bad input'):
         seg.predict(x, MODALITIES)
 

@@ -177,3 +177,38 @@ def test_latest_only_worker_skips_stale_items_and_survives_errors():
         time.sleep(0.01)
     assert seen[-1] == 7 and worker.processed + worker.failed + worker.skipped == 8
     worker.stop()
+
+
+def test_confidence_image_matches_the_labels_and_costs_nothing_unwanted(pipeline):
+    res = pipeline.run(_set(_messages()), RIG.camera, T_CAM_LIDAR_DEFAULT)
+    conf = res.confidence_image
+    assert conf.shape == res.labels.shape == (240, 320) and conf.dtype == np.uint8
+    # 0..255 = max softmax probability: never below 1/K for K classes
+    k = len(pipeline.classes.names)
+    assert conf.min() >= int(255 / k) - 1
+    assert np.array_equal(conf, visualization.confidence_image(res.confidence, (240, 320)))
+    mask = np.zeros((240, 320), np.uint8)
+    mask[:, :100] = 1  # the robot mask decides those labels: full confidence there
+    masked = pipeline.run(_set(_messages()), RIG.camera, T_CAM_LIDAR_DEFAULT, robot_mask=mask)
+    assert (masked.confidence_image[:, :100] == 255).all()
+    unwanted = pipeline.run(_set(_messages()), RIG.camera, T_CAM_LIDAR_DEFAULT,
+                            want=frozenset({'labels'}))
+    assert unwanted.confidence is None and unwanted.confidence_image is None
+    assert np.array_equal(unwanted.labels, res.labels)
+
+
+def test_confidence_image_scale_and_size():
+    conf = np.array([[0.0, 0.5], [1.0, 1.2]], np.float32)
+    assert visualization.confidence_image(conf, (2, 2)).tolist() == [[0, 128], [255, 255]]
+    assert visualization.confidence_image(conf, (4, 6)).shape == (4, 6)
+
+
+def test_class_table_for_consumers():
+    import json
+
+    table = ClassTable.load()
+    assert table.class_map() == list(enumerate(table.names))
+    data = json.loads(table.to_json(0.4))
+    assert [(c['id'], c['name']) for c in data['classes']] == table.class_map()
+    assert data['classes'][3]['color'] == table.colors[3].tolist()
+    assert data['ignore_index'] == 255 and data['threshold'] == 0.4

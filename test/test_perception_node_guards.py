@@ -110,3 +110,30 @@ def test_configure_reports_any_load_failure_and_refuses(tiny_checkpoint, rclpy_c
     assert oom.trigger_configure() == FAILURE
     assert 'RuntimeError: DefaultCPUAllocator' in logged[-1]
     oom.destroy_node()
+
+
+def test_event_packets_are_subscribed_where_event_camera_msgs_exists(tiny_checkpoint,
+                                                                    rclpy_context, monkeypatch):
+    import importlib.util
+
+    from rclpy.parameter import Parameter
+
+    from rmseg_ros.nodes.perception_node import FAILURE, SUCCESS, PerceptionNode
+
+    n = PerceptionNode(context=rclpy_context, parameter_overrides=[
+        Parameter('autostart', value=False), Parameter('checkpoint', value=str(tiny_checkpoint)),
+        Parameter('backend', value='torch'), Parameter('event_format', value='packet')])
+    if importlib.util.find_spec('event_camera_msgs') is None:
+        logged: list[str] = []
+        monkeypatch.setattr(type(n.get_logger()), 'error',
+                            lambda self, text, **kw: logged.append(text))
+        assert n.trigger_configure() == FAILURE
+        assert 'event_camera_msgs' in logged[-1] and "'packet'" in logged[-1]
+    else:
+        from event_camera_msgs.msg import EventPacket
+
+        assert n.trigger_configure() == SUCCESS and n.trigger_activate() == SUCCESS
+        sub = next(s for s in n._subs if s.topic_name == '/events')
+        assert sub.msg_type is EventPacket
+        n.trigger_deactivate()
+    n.destroy_node()

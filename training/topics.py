@@ -15,7 +15,7 @@ class Topics:
     camera_info: str = 'camera/camera_info'
     depth: str = 'depth/image'  # 32FC1 m or 16UC1 mm
     lidar: str = 'lidar/points'  # PointCloud2 x y z [intensity]
-    event: str = 'events'  # PointCloud2 x y t p, or an event Image
+    event: str = 'events'  # PointCloud2 x y t p, an event Image, or EventPacket (evt3)
     semantic: str = 'labels/semantic'  # mono8 class ids, 255 = unlabelled
     robot: str = 'labels/robot'  # mono8 robot mask
     joint_states: str = 'joint_states'

@@ -61,7 +61,8 @@ def _desc(text: str, *, dynamic: bool = False) -> ParameterDescriptor:
 # name -> (default or type, descriptor). Doubles are dynamically typed so that `rate:=2` (an
 # integer on the command line) is accepted; they are checked and converted when read.
 PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
-    'bag': ('', _desc('Path of the rosbag2 directory (mcap or sqlite3 storage) to replay.')),
+    'bag': ('', _desc('Path of the rosbag2 directory (mcap or sqlite3 storage) to replay, or a '
+                      'folder holding recordings (the first, sorted by path, is played).')),
     'rate': (1.0, _desc('Playback speed factor (> 0): 2.0 plays twice as fast.', dynamic=True)),
     'loop': (False, _desc('Start again from start_offset when the bag ends.')),
     'start_offset': (0.0, _desc('Seconds into the bag (from its first record) to start at.',
@@ -218,6 +219,13 @@ class BagReplayNode(Node):
         except ValueError as exc:
             raise BagReplayError(f'bad option: {exc}') from None
         self.replay.open()
+        if self.replay.path != self.replay.requested:
+            others = self.replay.other_bags
+            self.get_logger().info(
+                f'{bag} is a folder of {1 + len(others)} recording(s): playing '
+                f'{self.replay.path}' + (f'; not played: {", ".join(map(str, others))} (name '
+                                         'one to play it)' if others else ''))
+            bag = str(self.replay.path)
 
         for problem_type, problem in self.replay.type_problems.items():
             self.get_logger().warning(f'embedded definition of {problem_type} unusable, using '

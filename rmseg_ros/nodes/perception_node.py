@@ -6,9 +6,11 @@ inference worker; deactivate: stops them and frees the device; cleanup: forgets 
 `autostart` (default) the node configures and activates itself.
 
 Data flow: sensor callbacks -> stamp checks -> FailoverSynchronizer -> latest-only worker thread
-(rmseg_ros.perception.PerceptionPipeline) -> ~/labels, ~/color_mask, ~/overlay,
-~/labeled_points (each only when subscribed) and /diagnostics. All the work is in the ROS-free
-modules; this file only translates messages and parameters.
+(rmseg_ros.perception.PerceptionPipeline) -> ~/labels, ~/color_mask, ~/overlay, ~/confidence,
+~/labeled_points (each only when subscribed) and /diagnostics. The class table is latched
+(reliable, transient local) on ~/class_table (std_msgs/String, JSON) and, where vision_msgs is
+installed, ~/label_info (vision_msgs/LabelInfo). All the work is in the ROS-free modules; this
+file only translates messages and parameters.
 
 Run:  perception_node --ros-args -p checkpoint:=weights/rmmss_student.safetensors
 """
@@ -35,6 +37,7 @@ from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from rmseg_ros import conversions
@@ -42,6 +45,7 @@ from rmseg_ros.camera import CameraIntrinsics, SizeLimits
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import share_path
 from rmseg_ros.diagnostics import PerceptionStats, statuses
+from rmseg_ros.evt3 import Evt3Decoder, decode_packet
 from rmseg_ros.freshness import FreshnessConfig, FreshnessPolicy
 from rmseg_ros.graph import (
     DEFAULT_WEIGHTS,
@@ -72,6 +76,16 @@ from rmseg_ros.transforms import TransformTree, transform_from_xyz_rpy
 
 NODE_NAME = 'perception'
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+
+
+def event_packet_class() -> type:
+    """event_camera_msgs/EventPacket, or a ValueError saying the package is missing."""
+    try:
+        from event_camera_msgs.msg import EventPacket
+    except ImportError:
+        raise ValueError("event_format 'packet' needs event_camera_msgs, which is not "
+                         "installed; use 'cloud' or 'image'") from None
+    return EventPacket
 
 
 def extrinsic_matrix(values: Sequence[float]) -> np.ndarray:
@@ -153,12 +167,14 @@ class PerceptionNode(LifecycleNode):
             for key in ('camera_transport', 'event_format', 'qos_reliability', 'backend',
                         'device'):
                 allowed = {'camera_transport': ('raw', 'compressed'),
-                           'event_format': ('cloud', 'image'),
+                           'event_format': ('cloud', 'image', 'packet'),
                            'qos_reliability': ('best_effort', 'reliable'),
                            'backend': ('auto', 'torch', 'onnx'),
                            'device': ('auto', 'cuda', 'cpu')}[key]
                 if p[key] not in allowed:
                     raise ValueError(f'{key} must be one of {allowed}, got {p[key]!r}')
+            if p['event_format'] == 'packet' and 'event' in self.sync_cfg.modalities:
+                event_packet_class()  # refuses now, not at activation, when it is missing
             self._load_model()
         except Exception as exc:  # any reason, logged: "autostart failed" alone says nothing
             self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}'
@@ -269,7 +285,10 @@ class PerceptionNode(LifecycleNode):
         if 'lidar' in mods:
             sub(PointCloud2, p['lidar_topic'],
                 guard('lidar', lambda m: self._on_sensor('lidar', m)))
-        if 'event' in mods:
+        if 'event' in mods and p['event_format'] == 'packet':
+            self._evt3 = Evt3Decoder()  # one stream: its state spans packets
+            sub(event_packet_class(), p['event_topic'], guard('event', self._on_event_packet))
+        elif 'event' in mods:
             cls = Image if p['event_format'] == 'image' else PointCloud2
             sub(cls, p['event_topic'], guard('event', lambda m: self._on_sensor('event', m)))
         if p['use_robot_mask']:
@@ -291,12 +310,36 @@ class PerceptionNode(LifecycleNode):
             'labels': self.create_publisher(Image, '~/labels', out_qos),
             'color_mask': self.create_publisher(Image, '~/color_mask', out_qos),
             'overlay': self.create_publisher(Image, '~/overlay', out_qos),
+            'confidence': self.create_publisher(Image, '~/confidence', out_qos),
             'points': self.create_publisher(PointCloud2, '~/labeled_points', out_qos),
             'diagnostics': self.create_publisher(DiagnosticArray, '/diagnostics', 10),
         }
+        self._publish_class_table()
         self._service = self.create_service(SetBool, '~/set_enabled', self._on_set_enabled)
         self._timer = self.create_timer(float(p['diagnostics_period_s']),
                                         self._publish_diagnostics)
+
+    def _publish_class_table(self) -> None:
+        """Latched once per activation: late subscribers (a costmap layer) still get it."""
+        from rclpy.qos import DurabilityPolicy
+
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        threshold = float(self.cfg.output.min_confidence)
+        pub = self.create_publisher(String, '~/class_table', latched)
+        pub.publish(String(data=self.classes.to_json(threshold)))
+        self._pubs['class_table'] = pub
+        try:
+            from vision_msgs.msg import LabelInfo, VisionClass
+        except ImportError:
+            return
+        msg = LabelInfo(threshold=threshold, class_map=[
+            VisionClass(class_id=i, class_name=n) for i, n in self.classes.class_map()])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self._camera_frame
+        pub = self.create_publisher(LabelInfo, '~/label_info', latched)
+        pub.publish(msg)
+        self._pubs['label_info'] = pub
 
     def _destroy_endpoints(self) -> None:
         if self.worker is not None:
@@ -347,6 +390,17 @@ class PerceptionNode(LifecycleNode):
             return
         self._camera = self._camera_gate.camera
         self._camera_frame = self._camera_gate.frame_id
+
+    def _on_event_packet(self, msg: Any) -> None:
+        """Decoded as it arrives, in stream order (the EVT 3.0 state spans packets); what goes
+        on to the synchroniser is the decoded packet with its header."""
+        try:
+            decoded = decode_packet(msg, self._evt3, conversions.stamp_ns(msg))
+        except ValueError as exc:
+            self.stats.problem('event', 'malformed')
+            self._warn(f'event: packet left out: {exc}')
+            return
+        self._on_sensor('event', decoded)
 
     def _on_tf_static(self, msg: Any) -> None:
         self._tf.add_message(msg)
@@ -490,6 +544,9 @@ class PerceptionNode(LifecycleNode):
                 conversions.numpy_to_image(result.color_mask, 'rgb8', header))
         if result.overlay is not None:
             pubs['overlay'].publish(conversions.numpy_to_image(result.overlay, 'rgb8', header))
+        if result.confidence_image is not None:
+            pubs['confidence'].publish(
+                conversions.numpy_to_image(result.confidence_image, 'mono8', header))
         if result.point_labels is not None:
             xyz = result.point_xyz
             cloud = np.empty(len(xyz), dtype=[('x', '<f4'), ('y', '<f4'), ('z', '<f4'),
@@ -554,10 +611,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     build_parser().parse_args(split_argv(argv)[0])  # --help exits here, before ROS starts
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     tune_malloc()  # measured: model-input build 10.5 -> 3.5 ms on the synthetic rig's frames
     context = rclpy.Context()
     rclpy.init(args=argv, context=context)
+    # after init (rclpy's handlers did not end spin() on our own context): a stop request from
+    # a launcher is seen between the bounded waits below, as in nodes/runner.py
+    signal.signal(signal.SIGINT, raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     node = PerceptionNode(context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
@@ -567,7 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if node.trigger_configure() != SUCCESS or node.trigger_activate() != SUCCESS:
                 get_logger(NODE_NAME).error('autostart failed (see above)')
                 return 2
-        executor.spin()
+        while context.ok():
+            executor.spin_once(timeout_sec=0.2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -30,15 +30,20 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def spin_node(make: Callable[[Any], Any], argv: Sequence[str],
               on_exit: Callable[[Any], None] | None = None) -> int:
     """rclpy.init on a fresh context, `make(context)`, spin until shutdown, clean up."""
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     tune_malloc()
     context = rclpy.Context()
     rclpy.init(args=list(argv), context=context)
+    # after init, which installs rclpy's own handlers: those did not end spin() on a context of
+    # our own, so a stop request went unseen until the launcher killed the process (a recorder
+    # then lost the end of its files); Python's handlers run between the bounded waits below
+    signal.signal(signal.SIGINT, raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     node = make(context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     try:
-        executor.spin()
+        while context.ok():
+            executor.spin_once(timeout_sec=0.2)
     except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
         pass
     finally:

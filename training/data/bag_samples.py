@@ -1,11 +1,12 @@
 """A rosbag2 recording -> synchronised, preprocessed training samples.
 
 The same synchroniser (`rmseg_ros.sync`) and preprocessing (`rmseg_ros.preprocess`) as the
-perception node, so what is trained is what runs. Two passes over the bag: the first collects the
-small static things (CameraInfo, /tf_static) and the label images by stamp; the second streams the
-sensor topics through the synchroniser. Unlabelled frames are kept and flagged. mcap storage is
-read with `rmseg_ros.bag_recovery`: a truncated or damaged recording gives the samples of its
-intact chunks, and what was lost is counted in `BagStats`.
+perception node, so what is trained is what runs; event_camera_msgs/EventPacket (evt3) records
+are decoded in stream order per topic as the node does (`rmseg_ros.evt3`). Two passes over the
+bag: the first collects the small static things (CameraInfo, /tf_static) and the label images
+by stamp; the second streams the sensor topics through the synchroniser. Unlabelled frames are
+kept and flagged. mcap storage is read with `rmseg_ros.bag_recovery`: a truncated or damaged
+recording gives the samples of its intact chunks, and what was lost is counted in `BagStats`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rmseg_ros import conversions
 from rmseg_ros.bag_recovery import damage_of, open_any_reader
 from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.config import config_path, from_dict, load_yaml
+from rmseg_ros.evt3 import Evt3Decoder, decode_packet
 from rmseg_ros.modalities import MODALITIES
 from rmseg_ros.preprocess import FrontendConfig, ModelInput, build_model_input, frame_from_messages
 from rmseg_ros.sync import ModalitySynchronizer, SyncConfig
@@ -31,6 +33,9 @@ from rmseg_ros.transforms import TransformTree
 from training.topics import Topics
 
 log = logging.getLogger(__name__)
+# Event cameras' driver message. rosbags' AnyReader registers the definition stored in the bag
+# (mcap schema / rosbag2 message_definitions), so it reads without event_camera_msgs installed.
+EVENT_PACKET = 'event_camera_msgs/msg/EventPacket'
 
 
 @dataclass
@@ -204,6 +209,7 @@ class BagSampleReader:
             self._first_pass(reader)
             sync = ModalitySynchronizer(self.config.sync)
             conns = [c for c in reader.connections if _norm(c.topic) in topic_of]
+            evt3: dict[str, Evt3Decoder] = {}  # per topic: the stream state spans packets
             for conn, _, raw in reader.messages(connections=conns):
                 msg = self._deserialize(reader, conn, raw)
                 if msg is None:
@@ -211,6 +217,14 @@ class BagSampleReader:
                 modality = topic_of[_norm(conn.topic)]
                 self.stats.messages[modality] += 1
                 stamp = conversions.stamp_ns(msg)
+                if conn.msgtype == EVENT_PACKET:
+                    try:
+                        msg = decode_packet(msg, evt3.setdefault(conn.topic, Evt3Decoder()),
+                                            stamp)
+                    except ValueError as exc:
+                        self.stats.malformed += 1
+                        log.warning('%s: skipping event packet at %d: %s', self.bag, stamp, exc)
+                        continue
                 for synced in sync.add(modality, stamp, msg):
                     sample = self._sample(synced)
                     if sample is not None:
