@@ -100,9 +100,10 @@ class StreamStats:
 
     def latency_summary(self) -> tuple[float, float]:
         """(median, max) of the recent latencies in ms (0 before the first frame)."""
-        if not self.latencies_ms:
+        recent = tuple(self.latencies_ms)  # one C-level copy: the node's worker may append
+        if not recent:
             return 0.0, 0.0
-        arr = np.asarray(self.latencies_ms)
+        arr = np.asarray(recent)
         return float(np.median(arr)), float(arr.max())
 
 

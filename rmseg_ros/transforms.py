@@ -99,6 +99,12 @@ class TransformTree:
     def frames(self) -> set[str]:
         return set(self._edges)
 
+    def copy(self) -> TransformTree:
+        """A tree with the same edges (adding to it leaves this one as it is)."""
+        out = TransformTree()
+        out._edges = {k: dict(v) for k, v in self._edges.items()}
+        return out
+
     def lookup(self, target: str, source: str) -> np.ndarray:
         """T_target_source: maps points in `source` coordinates into `target` coordinates."""
         target, source = self._norm(target), self._norm(source)

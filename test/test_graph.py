@@ -122,6 +122,16 @@ def test_config_maps_onto_declared_parameters():
         parameters_from_config({'synk': {}})
 
 
+def test_perception_mapping_sets_only_the_parameters_it_names():
+    """The documented rule of config/perception.yaml: each leaf is one parameter, so a partial
+    `timeouts` mapping leaves the other modalities at the node's defaults."""
+    params = parameters_from_config({'sync': {'timeouts': {'rgb': 1.0}}})
+    assert params == {'sync.timeouts.rgb': 1.0}
+    p = {**{q.name: q.default for q in PERCEPTION_PARAMETERS}, **params}
+    assert sync_config_from_parameters(p).timeouts == {'rgb': 1.0, 'depth': 0.5, 'lidar': 0.5,
+                                                       'event': 0.5}
+
+
 def test_default_extrinsic_is_the_standard_lidar_to_optical_rotation():
     from rmseg_ros.nodes.perception_node import extrinsic_matrix
     from rmseg_ros.synthetic import T_CAM_LIDAR_DEFAULT

@@ -26,7 +26,7 @@ from rmseg_ros.modalities import MODALITIES, input_channels
 from training import engine
 from training.data.bag_samples import DatasetConfig
 from training.data.cli import build_cache
-from training.rmmss.config import DropoutConfig, LossConfig
+from training.rmmss.config import DropoutConfig, LossConfig, RMMSSConfig
 from training.rmmss.losses import (
     class_prototypes,
     hybrid_prototype_loss,
@@ -268,10 +268,10 @@ def test_resume_refuses_another_config(tmp_path):
 
 def test_stage_config_merges_stage_and_smoke_sections():
     raw = yaml.safe_load(CONFIG.read_text())
-    fsm = engine.resolve_stage_config(raw, 'fsm')
+    fsm = engine.resolve_stage_config(raw, 'fsm', schema=RMMSSConfig)
     assert fsm['run']['steps'] == raw['stages']['fsm']['run']['steps']
     assert fsm['run']['batch_size'] == raw['run']['batch_size']
-    smoke = engine.resolve_stage_config(raw, 'fsm', smoke=True)
+    smoke = engine.resolve_stage_config(raw, 'fsm', smoke=True, schema=RMMSSConfig)
     assert smoke['run']['steps'] == raw['smoke']['run']['steps']
     assert smoke['loss']['pixel_kl_weight'] == 50.0 and smoke['loss']['proto_weight'] == 100.0
     assert LossConfig().ohem_thresh == 0.7

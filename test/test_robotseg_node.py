@@ -219,3 +219,45 @@ def test_bag_clip_to_masks_and_memory_resets(tmp_path: Path, rclpy_context,
     assert 'memory reset (stamp_jump)' in out and 'memory reset (scene_cut)' in out, out
     if replay is not None:
         _output(replay)
+
+
+@pytest.mark.ros
+def test_model_runs_off_the_executor_newest_frame_wins(tmp_path: Path, rclpy_context) -> None:
+    """While the model is busy (its lock held here), the subscription callback still returns at
+    once: every frame reaches the node, diagnostics keep coming, and when the model is free
+    again only the newest waiting frame is segmented; the replaced ones are counted."""
+    from rclpy.parameter import Parameter
+
+    from rmseg_ros import conversions
+    from rmseg_ros.nodes.robotseg_node import RobotSegNode
+
+    ckpt = tiny_checkpoint(tmp_path / 'robotseg.safetensors')
+    params = {'checkpoint': str(ckpt), 'device': 'cpu', 'threads': 1, 'qos': 'reliable',
+              'queue_depth': 20, 'diagnostics_period': 0.05}
+    node = RobotSegNode(context=rclpy_context,
+                        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    probe = Probe(rclpy_context)
+    probe.executor.add_node(node)
+    frames = robot_clip(6)
+    stamps = [T0 + i * 100_000_000 for i in range(len(frames))]
+    try:
+        assert probe.spin_until(lambda: node.sub.get_publisher_count() > 0
+                                and probe.pub.get_subscription_count() > 0, 20.0)
+        with node.stream_lock:  # the model is "busy" until this block ends
+            for f, s in zip(frames, stamps, strict=True):
+                probe.publish(f, s)
+            assert probe.spin_until(lambda: node.worker.submitted == len(frames), 20.0)
+            busy = probe.diag_where(10.0, submitted_frames=len(frames))
+            assert busy['frames'] == '0' and not probe.masks
+        assert probe.spin_until(
+            lambda: any(conversions.stamp_ns(m) == stamps[-1] for m in probe.masks), 20.0)
+        got = [conversions.stamp_ns(m) for m in probe.masks]
+        # the worker may have taken the first frame before the lock stopped it; every other
+        # frame but the newest was replaced while waiting
+        assert got in ([stamps[-1]], [stamps[0], stamps[-1]]), got
+        assert node.worker.skipped == len(frames) - len(got)
+        probe.diag_where(10.0, frames=len(got), skipped_frames=len(frames) - len(got), errors=0)
+    finally:
+        probe.close()
+        node.destroy_node()
+    assert node.worker is None  # stopped with the node

@@ -25,6 +25,8 @@ STAGES: dict[str, tuple[str | None, str]] = {
     'rss': ('training.rss.cli:run', 'train segmentation from rewards (RSS)'),
     'robotseg': ('training.robotseg.cli:run',
                  'train the RobotSeg video model from first-frame masks'),
+    'robot-masks': ('training.robotseg.robot_masks:run',
+                    'render labels/robot masks of bags from URDF, joint_states, TF, CameraInfo'),
     'evaluate': ('training.evaluate:run',
                  'evaluate a checkpoint over the 15 modality subsets and failure cases'),
     'export': ('training.export:run',

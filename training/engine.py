@@ -25,7 +25,6 @@ environment and picks gloo on CPU and nccl on CUDA. Only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import json
@@ -50,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from rmseg_ros.atomic_files import atomic_write, remove_stale_temp_files
+from rmseg_ros.config import merge_config  # the one merge rule of every config (re-exported)
 from training.run import machine
 
 log = logging.getLogger('rmseg-train')
@@ -111,48 +111,40 @@ class RunConfig:
 
 # ----------------------------------------------------------------------------- config files
 
-def deep_merge(base: dict, override: dict) -> dict:
-    """`base` updated recursively by `override` (new dict; mappings merge, other values replace)."""
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def parse_set(assignments: list[str]) -> dict:
     """`--set` values: ['a.b=1', 'c=[x, y]'] -> {'a': {'b': 1}, 'c': ['x', 'y']} (values parsed
-    as YAML; later assignments win; a mapping value replaces, as any override does)."""
+    as YAML). Each assignment sets its dotted path; a later one for the same path (or a parent
+    of it) wins. The result is an override like any other: `merge_config` with the run's schema
+    applies it, so `--set scene.robots.xarm6=1` makes `robots` exactly {xarm6: 1}."""
     out: dict = {}
     for item in assignments:
         key, sep, value = item.partition('=')
         if not sep or not key.strip():
             raise ValueError(f'--set expects KEY=VALUE, got {item!r}')
-        node: dict = {}
-        leaf = node
         parts = key.strip().split('.')
+        leaf = out
         for p in parts[:-1]:
-            leaf = leaf.setdefault(p, {})
+            if not isinstance(leaf.get(p), dict):
+                leaf[p] = {}
+            leaf = leaf[p]
         leaf[parts[-1]] = yaml.safe_load(value)
-        out = deep_merge(out, node)
     return out
 
 
-def resolve_stage_config(raw: dict, stage: str, smoke: bool = False) -> dict:
-    """One pipeline file -> the config of one stage.
+def resolve_stage_config(raw: dict, stage: str, smoke: bool = False, *, schema: type) -> dict:
+    """One pipeline file -> the config of one stage, for dataclass `schema`.
 
     The file's top-level sections are shared; `stages: {name: {...}}` overrides them for one
-    stage, and `smoke: {...}` (top level, then inside the stage) shrinks a run to seconds.
+    stage, and `smoke: {...}` (top level, then inside the stage) shrinks a run to seconds. Each
+    override is applied with `merge_config` (sections merge, other values replace).
     """
     base = {k: v for k, v in raw.items() if k not in ('stages', 'smoke')}
     stage_raw = dict((raw.get('stages') or {}).get(stage) or {})
     stage_smoke = stage_raw.pop('smoke', None) or {}
-    out = deep_merge(base, stage_raw)
+    out = merge_config(base, stage_raw, schema)
     if smoke:
-        out = deep_merge(out, raw.get('smoke') or {})
-        out = deep_merge(out, stage_smoke)
+        out = merge_config(out, raw.get('smoke') or {}, schema)
+        out = merge_config(out, stage_smoke, schema)
     return out
 
 

@@ -5,9 +5,11 @@ CompressedImage when `compressed` is true) and publishes, with the source header
 `~/robot_mask` (mono8: `mask_value` on the robot, 0 elsewhere) and `~/overlay` (rgb8), plus
 `/diagnostics` (latency, device, memory, resets). The memory of the last K frames is cleared by
 the `~/reset` service (std_srvs/Trigger), on a scene cut and when stamps jump backwards (all in
-the ROS-free rmseg_ros.robotseg_stream). Frames are processed in the subscription callback with
-a history of `queue_depth` (1: always the newest frame, older ones are dropped by DDS when the
-model is slower than the camera).
+the ROS-free rmseg_ros.robotseg_stream). The subscription callback only hands the message to a
+latest-only worker thread (rmseg_ros.latest_worker, as the perception node): the model never runs
+on the executor, so the reset service and diagnostics answer while a frame is in flight, and when
+the model is slower than the camera the newest frame wins and the frames replaced before the
+worker took them are counted (`skipped_frames` in /diagnostics).
 
 Run:  robotseg_node --ros-args -p checkpoint:=weights/robotseg.safetensors
       python -m rmseg_ros.nodes.robotseg_node --ros-args -p checkpoint:=... -r camera/image:=/cam
@@ -18,6 +20,7 @@ from __future__ import annotations
 import copy
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +43,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from rmseg_ros import conversions
+from rmseg_ros.latest_worker import LatestOnlyWorker
 from rmseg_ros.robotseg_stream import RobotSegStream, overlay
 
 NODE_NAME = 'robotseg'
@@ -137,6 +141,10 @@ class RobotSegNode(Node):
         self.variant = str((meta.get('extra') or {}).get('variant'))
         self.errors = 0
         self.last_error = ''
+        # held while the model steps or its memory is reset (worker thread vs. reset service)
+        self.stream_lock = threading.Lock()
+        self.worker: LatestOnlyWorker | None = LatestOnlyWorker(
+            self._process, self._on_worker_error, 'robotseg')
 
         msg_type = CompressedImage if self._get('compressed') else Image
         qos = make_qos(str(self._get('qos')), int(self._get('queue_depth')))
@@ -167,15 +175,20 @@ class RobotSegNode(Node):
 
     # -- callbacks -------------------------------------------------------------------------
     def _on_image(self, msg: Any) -> None:
-        try:
-            rgb = conversions.image_to_rgb(msg)
+        if self.worker is not None:
+            self.worker.submit(msg)
+
+    def _on_worker_error(self, exc: BaseException, msg: Any) -> None:
+        """A bad frame must not stop the node: counted, logged, the worker goes on."""
+        self.errors += 1
+        self.last_error = f'{type(exc).__name__}: {exc}'
+        self.get_logger().error(f'frame dropped: {self.last_error}', throttle_duration_sec=2.0)
+
+    def _process(self, msg: Any) -> None:
+        """Worker thread: decode, step the model, publish (the source header is kept)."""
+        rgb = conversions.image_to_rgb(msg)
+        with self.stream_lock:
             result = self.stream.process(rgb, conversions.stamp_ns(msg))
-        except Exception as exc:  # a bad frame must not stop the node
-            self.errors += 1
-            self.last_error = f'{type(exc).__name__}: {exc}'
-            self.get_logger().error(f'frame dropped: {self.last_error}',
-                                    throttle_duration_sec=2.0)
-            return
         if result.reset_reason is not None:
             self.get_logger().info(f'memory reset ({result.reset_reason})')
         mask = result.mask * self.mask_value
@@ -186,7 +199,8 @@ class RobotSegNode(Node):
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response
                   ) -> Trigger.Response:
-        held = self.stream.reset('manual')
+        with self.stream_lock:  # waits for the frame in flight, if any
+            held = self.stream.reset('manual')
         response.success = True
         response.message = f'memory cleared ({held} frames)'
         self.get_logger().info(response.message)
@@ -201,8 +215,12 @@ class RobotSegNode(Node):
             level, message = DiagnosticStatus.WARN, 'no frames yet'
         elif self.errors:
             level, message = DiagnosticStatus.WARN, f'{self.errors} frames failed'
+        worker = self.worker
         values = {
-            'frames': stats.frames, 'latency_ms_median': f'{med:.2f}',
+            'frames': stats.frames,
+            'submitted_frames': worker.submitted if worker else 0,
+            'skipped_frames': worker.skipped if worker else 0,
+            'latency_ms_median': f'{med:.2f}',
             'latency_ms_max': f'{worst:.2f}', 'device': self.stream.device,
             'memory_frames': self.stream.memory_frames,
             'memory_size': self.stream.tracker.memory.capacity,
@@ -219,6 +237,16 @@ class RobotSegNode(Node):
                                 message=message, hardware_id=self.stream.device,
                                 values=[KeyValue(key=k, value=str(v))
                                         for k, v in values.items()])
+
+    def stop_worker(self) -> None:
+        """Finish the frame in flight and end the worker thread (before the node goes)."""
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+
+    def destroy_node(self) -> None:
+        self.stop_worker()
+        super().destroy_node()
 
     def _publish_diagnostics(self) -> None:
         arr = DiagnosticArray()

@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 
 from rmseg_ros.classes import ClassTable
-from rmseg_ros.config import from_dict, load_yaml, to_dict
+from rmseg_ros.config import from_dict, load_yaml, merge_config, section, to_dict
+from rmseg_ros.models.fsm import FSMConfig
+from rmseg_ros.models.fusion import FusionConfig
 from rmseg_ros.preprocess import FrontendConfig
 from training.data.bag_samples import DatasetConfig
 from training.data.class_balance import class_weights, label_histogram
@@ -99,8 +101,9 @@ class RMMSSConfig:
     stage: str = 'teacher'
     out_root: str = 'runs/rmmss'  # run directories: <out_root>/<stage>
     data: DataConfig = field(default_factory=DataConfig)
-    model: dict[str, Any] = field(default_factory=dict)  # FusionConfig minus num_classes/bins
-    fsm: dict[str, Any] = field(default_factory=dict)  # FSMConfig
+    # FusionConfig without num_classes / event_bins (derived); a section: overrides merge into it
+    model: dict[str, Any] = field(default_factory=dict, metadata=section(FusionConfig))
+    fsm: dict[str, Any] = field(default_factory=dict, metadata=section(FSMConfig))
     run: RunConfig = field(default_factory=RunConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -128,11 +131,9 @@ def load_config(path: str | Path | None, stage: str, smoke: bool = False,
                 overrides: dict | None = None) -> tuple[RMMSSConfig, dict]:
     """(typed config, resolved plain dict) of one stage; the dict is what the run stores."""
     raw = load_yaml(path or DEFAULT_CONFIG)
-    resolved = resolve_stage_config(raw, stage, smoke)
+    resolved = resolve_stage_config(raw, stage, smoke, schema=RMMSSConfig)
     resolved['stage'] = stage
-    from training.engine import deep_merge
-
-    resolved = deep_merge(resolved, overrides or {})
+    resolved = merge_config(resolved, overrides, RMMSSConfig)
     cfg = from_dict(RMMSSConfig, resolved, 'rmmss')
     plain = to_dict(cfg)
     if not cfg.robult.enabled:  # off: stored configs (and their hashes) stay as before Robult

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rmseg_ros.config import from_dict, load_yaml, to_dict
-from training.engine import OptimConfig, RunConfig, deep_merge
+from rmseg_ros.config import from_dict, load_yaml, merge_config, section, to_dict
+from rmseg_ros.models.robotseg.config import RobotSegConfig
+from training.engine import OptimConfig, RunConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / 'configs' / 'robotseg.yaml'
 LABEL_MODES = ('first_frame', 'all')
@@ -97,7 +98,8 @@ class RobotSegTrainConfig:
     variant: str = 'robotseg'
     out_root: str = 'runs/robotseg'
     data: DataConfig = field(default_factory=DataConfig)
-    model: dict[str, Any] = field(default_factory=dict)  # RobotSegConfig overrides
+    # RobotSegConfig overrides; a section: variants merge into it
+    model: dict[str, Any] = field(default_factory=dict, metadata=section(RobotSegConfig))
     run: RunConfig = field(default_factory=RunConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -118,10 +120,10 @@ def load_config(path: str | Path | None = None, variant: str | None = None, smok
     name = variant or raw.get('variant', 'robotseg')
     if name not in variants and name != 'robotseg':
         raise ValueError(f'unknown variant {name!r}; known: {sorted(variants)}')
-    resolved = deep_merge(raw, variants.get(name) or {})
+    resolved = merge_config(raw, variants.get(name), RobotSegTrainConfig)
     if smoke:
-        resolved = deep_merge(resolved, smoke_raw)
-    resolved = deep_merge(resolved, overrides or {})
+        resolved = merge_config(resolved, smoke_raw, RobotSegTrainConfig)
+    resolved = merge_config(resolved, overrides, RobotSegTrainConfig)
     resolved['variant'] = name
     cfg = from_dict(RobotSegTrainConfig, resolved, 'robotseg')
     if cfg.data.labels not in LABEL_MODES:

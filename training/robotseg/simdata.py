@@ -3,8 +3,9 @@
     python -m training.robotseg.simdata [--sets FILE] [--root DIR] [--only train test] [--smoke]
 
 Each set of the sets file (training/configs/robotseg_sim.yaml) is its `config` merged over the
-simulator's base config, rendered by `rmseg-train sim` (resumable: complete scenes are kept)
-into <root>/<set>/; the merged config is kept beside it as <root>/<set>.sim.yaml.
+simulator's base config (rmseg_ros.config.merge_config: a set's `robots` table replaces the
+default one), rendered by `rmseg-train sim` (resumable: complete scenes are kept) into
+<root>/<set>/; the merged config is kept beside it as <root>/<set>.sim.yaml.
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ from pathlib import Path
 
 import yaml
 
-from rmseg_ros.config import load_yaml
-from training.engine import deep_merge
+from rmseg_ros.config import load_yaml, merge_config
+from training.sim.config import SimConfig
 
 DEFAULT_SETS = Path(__file__).resolve().parents[1] / 'configs' / 'robotseg_sim.yaml'
+
+
+def set_config(spec: dict, name: str) -> dict:
+    """The simulator config (plain dict) of set `name` of a loaded sets file."""
+    base = load_yaml(spec.get('base', 'training/configs/sim.yaml'))
+    return merge_config(base, (spec['sets'][name] or {}).get('config'), SimConfig)
 
 
 def render_sets(sets_file: str | Path | None, root: str | Path, only: list[str] | None = None,
@@ -27,14 +34,13 @@ def render_sets(sets_file: str | Path | None, root: str | Path, only: list[str] 
     from training.sim import cli as sim_cli
 
     spec = load_yaml(sets_file or DEFAULT_SETS)
-    base = load_yaml(spec.get('base', 'training/configs/sim.yaml'))
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
     for name, entry in (spec.get('sets') or {}).items():
         if only and name not in only:
             continue
-        merged = deep_merge(base, entry.get('config') or {})
+        merged = set_config(spec, name)
         cfg_path = root / f'{name}.sim.yaml'
         cfg_path.write_text(yaml.safe_dump(merged, sort_keys=False))
         scenes, frames = int(entry.get('scenes', 1)), int(entry.get('frames', 30))

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.engine import deep_merge
+from rmseg_ros.config import merge_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,28 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def overrides_from(opts: argparse.Namespace) -> dict[str, Any]:
-    from .config import parse_override
+    from .config import RobultConfig, parse_override
 
-    o: dict[str, Any] = {}
-    for item in opts.set:
-        o = deep_merge(o, parse_override(item))
     data = {k: v for k, v in (('label_fraction', opts.label_fraction),
                               ('label_seed', opts.label_seed),
                               ('label_unit', opts.label_unit),
                               ('unlabelled_per_labelled', opts.unlabelled_per_labelled))
             if v is not None}
-    if data:
-        o = deep_merge(o, {'data': data})
-    if opts.no_robult:
-        o = deep_merge(o, {'robult': {'enabled': False}})
-    if opts.teacher:
-        o = deep_merge(o, {'rmmss': {'teacher_checkpoint': opts.teacher}})
-    if opts.steps:
-        o = deep_merge(o, {'run': {'steps': opts.steps}})
-    if opts.device:
-        o = deep_merge(o, {'run': {'device': opts.device}})
-    if opts.evaluate:
-        o = deep_merge(o, {'evaluate': {'enabled': True}})
+    named = [({'data': data}, data), ({'robult': {'enabled': False}}, opts.no_robult),
+             ({'rmmss': {'teacher_checkpoint': opts.teacher}}, opts.teacher),
+             ({'run': {'steps': opts.steps}}, opts.steps),
+             ({'run': {'device': opts.device}}, opts.device),
+             ({'evaluate': {'enabled': True}}, opts.evaluate)]
+    o: dict[str, Any] = {}
+    for item in [parse_override(i) for i in opts.set] + [x for x, given in named if given]:
+        o = merge_config(o, item, RobultConfig)
     return o
 
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rmseg_ros.config import from_dict, load_yaml, to_dict
+from rmseg_ros.config import from_dict, load_yaml, merge_config, section, to_dict
+from rmseg_ros.models.fusion import FusionConfig
 from rmseg_ros.preprocess import FrontendConfig
 from training.data.bag_samples import DatasetConfig
 from training.data.dataset import AugmentConfig
-from training.engine import OptimConfig, RunConfig, deep_merge, resolve_stage_config
+from training.engine import OptimConfig, RunConfig, resolve_stage_config
 from training.rmmss.config import DropoutConfig, LossConfig, ValidateConfig
 
 from .loss_config import PUConfig, ReconConfig, RobultLossConfig
@@ -89,7 +90,8 @@ class RobultConfig:
     stage: str = 'robult'
     out_root: str = 'runs/robult'
     data: DataConfig = field(default_factory=DataConfig)
-    model: dict[str, Any] = field(default_factory=dict)  # FusionConfig minus num_classes/bins
+    # FusionConfig without num_classes / event_bins (derived); a section: overrides merge into it
+    model: dict[str, Any] = field(default_factory=dict, metadata=section(FusionConfig))
     run: RunConfig = field(default_factory=RunConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -108,7 +110,8 @@ def load_config(path: str | Path | None, smoke: bool = False, overrides: dict | 
                 ) -> tuple[RobultConfig, dict]:
     """(typed config, resolved plain dict); the dict is what the run stores."""
     raw = load_yaml(path or DEFAULT_CONFIG)
-    resolved = deep_merge(resolve_stage_config(raw, 'robult', smoke), overrides or {})
+    resolved = merge_config(resolve_stage_config(raw, 'robult', smoke, schema=RobultConfig),
+                            overrides, RobultConfig)
     resolved['stage'] = 'robult'
     cfg = from_dict(RobultConfig, resolved, 'robult')
     plain = to_dict(cfg)

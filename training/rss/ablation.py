@@ -33,10 +33,10 @@ from typing import Any
 
 import yaml
 
-from rmseg_ros.config import load_yaml
-from training.engine import RESUME_IGNORE, config_differences, deep_merge
+from rmseg_ros.config import load_yaml, merge_config
+from training.engine import RESUME_IGNORE, config_differences
 
-from .config import load_config
+from .config import RSSConfig, load_config
 
 DEFAULT_BUDGET = Path(__file__).resolve().parents[1] / 'configs' / 'rss_ablation.yaml'
 COLDSTART = 'coldstart'
@@ -82,7 +82,8 @@ def plan(budget: dict[str, Any]) -> list[Row]:
                     continue
                 rows.append(Row(_factor_name(sweep['base'], cold, float(f)),
                                 f'{base.label} (lr factor {float(f):g})', [3], cold,
-                                deep_merge(base.overrides, {'last_layer_lr_factor': float(f)})))
+                                merge_config(base.overrides,
+                                             {'last_layer_lr_factor': float(f)}, RSSConfig)))
     return rows
 
 
@@ -95,12 +96,12 @@ def run_order(rows: list[Row], first: list[str]) -> list[Row]:
 
 def row_overrides(budget: dict[str, Any], row: Row, out_root: str, smoke: bool = False,
                   steps: int | None = None) -> dict[str, Any]:
-    over = deep_merge(budget.get('common') or {}, row.overrides)
+    over = merge_config(budget.get('common') or {}, row.overrides, RSSConfig)
     if smoke:
-        over = deep_merge(over, (budget.get('smoke') or {}).get('common') or {})
-    over = deep_merge(over, {'name': row.name, 'out_root': out_root})
+        over = merge_config(over, (budget.get('smoke') or {}).get('common'), RSSConfig)
+    over = merge_config(over, {'name': row.name, 'out_root': out_root}, RSSConfig)
     if steps:
-        over = deep_merge(over, {'run': {'steps': int(steps)}})
+        over = merge_config(over, {'run': {'steps': int(steps)}}, RSSConfig)
     if row.cold:
         over['init_checkpoint'] = str(Path(out_root) / COLDSTART / 'model.safetensors')
     return over

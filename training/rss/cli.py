@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.engine import deep_merge, distributed, parse_set
+from training.engine import distributed, parse_set
 
 from .config import LEVELS, load_config
 
@@ -38,13 +38,11 @@ def parse_overrides(extra: list[str]) -> dict[str, Any]:
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                         help='any config value, dotted key, YAML value (repeatable)')
     opts = parser.parse_args([a for a in extra if a != '--'])
-    overrides = dotted(opts.set)
-    for value, key in ((opts.level, 'method.level'), (opts.init, 'init_checkpoint'),
-                       (opts.steps, 'run.steps'), (opts.lr_factor, 'last_layer_lr_factor'),
-                       (opts.device, 'run.device'), (opts.name, 'name')):
-        if value is not None:
-            overrides = deep_merge(overrides, dotted([f'{key}={value}']))
-    return overrides
+    named = [f'{key}={value}' for value, key in (
+        (opts.level, 'method.level'), (opts.init, 'init_checkpoint'), (opts.steps, 'run.steps'),
+        (opts.lr_factor, 'last_layer_lr_factor'), (opts.device, 'run.device'),
+        (opts.name, 'name')) if value is not None]
+    return dotted(opts.set + named)  # the named options win over --set of the same key
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:

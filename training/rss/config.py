@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rmseg_ros.config import from_dict, load_yaml, to_dict
-from training.engine import OptimConfig, RunConfig, deep_merge, resolve_stage_config
+from rmseg_ros.config import from_dict, load_yaml, merge_config, section, to_dict
+from rmseg_ros.models.fusion import FusionConfig
+from training.engine import OptimConfig, RunConfig, resolve_stage_config
 from training.rmmss.config import DataConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / 'configs' / 'rss.yaml'
@@ -76,7 +77,8 @@ class RSSConfig:
     name: str = 'rss'  # run directory: <out_root>/<name>
     data: DataConfig = field(default_factory=DataConfig)
     resolution: tuple[int, int] | None = (120, 160)  # (H, W) of training; null: the cache's
-    model: dict[str, Any] = field(default_factory=dict)  # FusionConfig minus classes / bins
+    # FusionConfig without num_classes / event_bins (derived); a section: overrides merge into it
+    model: dict[str, Any] = field(default_factory=dict, metadata=section(FusionConfig))
     # cold start: a deployable checkpoint (fusion or fsm_student) to start from; null: random
     init_checkpoint: str | None = None
     last_layer_lr_factor: float = 1.0  # learning-rate factor of the last layer (`classifier`)
@@ -93,7 +95,8 @@ def load_config(path: str | Path | None, smoke: bool = False, overrides: dict | 
                 ) -> tuple[RSSConfig, dict]:
     """(typed config, resolved plain dict); `overrides` are merged last (ablation rows, CLI)."""
     raw = load_yaml(path or DEFAULT_CONFIG)
-    resolved = deep_merge(resolve_stage_config(raw, 'rss', smoke), overrides or {})
+    resolved = merge_config(resolve_stage_config(raw, 'rss', smoke, schema=RSSConfig),
+                            overrides, RSSConfig)
     cfg = from_dict(RSSConfig, resolved, 'rss')
     cfg.method.check()
     return cfg, to_dict(cfg)

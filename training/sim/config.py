@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rmseg_ros.camera import CameraIntrinsics
-from rmseg_ros.config import from_dict, load_yaml
+from rmseg_ros.config import from_dict, load_yaml, merge_config
 from training.topics import Topics
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / 'configs' / 'sim.yaml'
@@ -116,10 +116,9 @@ class SimConfig:
 
 def load_config(path: str | Path | None = None) -> SimConfig:
     """SimConfig from a YAML file merged over the packaged training/configs/sim.yaml, so a
-    variant (e.g. configs/demo_sim.yaml) only states what it changes."""
-    from training.engine import deep_merge
-
+    variant (e.g. configs/demo_sim.yaml) only states what it changes: sections merge, other
+    values replace (`scene.robots: {xarm6: 1.0}` is a scene with only xarm6)."""
     data = load_yaml(DEFAULT_CONFIG)
     if path is not None:
-        data = deep_merge(data, load_yaml(path))
+        data = merge_config(data, load_yaml(path), SimConfig)
     return from_dict(SimConfig, data, 'sim')
