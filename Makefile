@@ -99,18 +99,24 @@ weights: setup $(foreach s,$(SEEDS),$(call MODELS_OF,$(s)))  ## RMMSS: teacher -
 	$(TRAIN) export --config $(RMMSS) --checkpoint $(RUNS)/seed$(SHIP_SEED)/fsm \
 	  --out weights/rmmss_student.safetensors
 
-# Test samples per evaluation (0: all). Every model: all modalities + the 15 subsets; the
-# shipped seed's models and the teacher also get RMM, NM and the sensor failures.
+# Test samples per evaluation (0: all; N: N evenly spaced). Every model: all modalities + the 15
+# subsets; with EVAL_CASES=all the shipped seed's models and the teacher also get zero-filled
+# modalities, RMM, NM and the sensor failures (~45 min more on 2 cores). One torch thread per
+# evaluation (EVAL_THREADS): `make -j2 results` runs two side by side.
 EVAL_SAMPLES ?= 0
-EVAL = $(TRAIN) evaluate --config $(RMMSS) --shards '$(DATA)/cache/test/*' --max-samples $(EVAL_SAMPLES)
+EVAL_THREADS ?= 1
+EVAL = OMP_NUM_THREADS=$(EVAL_THREADS) $(TRAIN) evaluate --config $(RMMSS) --shards '$(DATA)/cache/test/*' --max-samples $(EVAL_SAMPLES)
+EVAL_CASES ?= subsets
+FAST_CASES = --cases full,subsets --missing remove
+ship_cases = $(if $(and $(filter all,$(EVAL_CASES)),$(filter $(1),$(SHIP_SEED))),,$(FAST_CASES))
 $(RUNS)/eval_teacher/eval.json: $(RUNS)/teacher/model.safetensors
-	$(EVAL) --checkpoint $< --out $(@D)
+	$(EVAL) --checkpoint $< --out $(@D) $(if $(filter all,$(EVAL_CASES)),,$(FAST_CASES))
 $(RUNS)/seed%/eval_robust/eval.json: $(RUNS)/seed%/robust/model.safetensors
-	$(EVAL) --checkpoint $< --out $(@D) $(if $(filter $*,$(SHIP_SEED)),,--cases full,subsets --missing remove)
+	$(EVAL) --checkpoint $< --out $(@D) $(call ship_cases,$*)
 $(RUNS)/seed%/eval_dropout/eval.json: $(RUNS)/seed%/dropout/model.safetensors
-	$(EVAL) --checkpoint $< --out $(@D) $(if $(filter $*,$(SHIP_SEED)),,--cases full,subsets --missing remove)
+	$(EVAL) --checkpoint $< --out $(@D) $(call ship_cases,$*)
 $(RUNS)/seed%/eval_fsm/eval.json: $(RUNS)/seed%/fsm/model.safetensors
-	$(EVAL) --checkpoint $< --out $(@D) $(if $(filter $*,$(SHIP_SEED)),,--cases full,subsets --missing remove)
+	$(EVAL) --checkpoint $< --out $(@D) $(call ship_cases,$*)
 
 # HELDOUT=DIR: also evaluate the shipped student on cached shards outside the default splits
 HELDOUT ?=

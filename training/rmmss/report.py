@@ -184,7 +184,8 @@ def markdown(figures: dict[str, Any]) -> str:
         '15 non-empty subsets (R = rgb, D = depth, L = lidar, E = event). One teacher; the '
         f'robust model, the dropout-only baseline and the FSM student are trained with seeds '
         f'{", ".join(map(str, seeds))} (mean ± standard error over the seeds; zero-filled, RMM, '
-        f'NM and the sensor failures are of seed {seeds[0] if seeds else "?"}, the shipped one). '
+        f'NM and the sensor failures, when `make results EVAL_CASES=all` scored them, are of '
+        f'seed {seeds[0] if seeds else "?"}, the shipped one). '
         'Written by `python -m training.rmmss.report` from `make results`.', '',
         '| model | steps | all (RDLE) | 15-subset mean | zero-filled mean | RMM | NM |',
         '|---|---|---|---|---|---|---|']
