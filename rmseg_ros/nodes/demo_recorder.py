@@ -27,20 +27,13 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
-from rosbags.interfaces import (
-    Qos,
-    QosDurability,
-    QosHistory,
-    QosLiveliness,
-    QosReliability,
-    QosTime,
-)
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import String
 
 from rmseg_ros import conversions
+from rmseg_ros.bag_qos import LATCHED_QOS
 from rmseg_ros.nodes.runner import spin_node, split_argv
 
 # output -> (message class, ROS type name); topics are <node>/<output>
@@ -49,11 +42,6 @@ OUTPUTS = {'labels': (Image, 'sensor_msgs/msg/Image'),
            'overlay': (Image, 'sensor_msgs/msg/Image'),
            'confidence': (Image, 'sensor_msgs/msg/Image'),
            'labeled_points': (PointCloud2, 'sensor_msgs/msg/PointCloud2')}
-_ZERO = QosTime(sec=0, nsec=0)
-LATCHED = Qos(history=QosHistory.KEEP_LAST, depth=1, reliability=QosReliability.RELIABLE,
-              durability=QosDurability.TRANSIENT_LOCAL, deadline=_ZERO, lifespan=_ZERO,
-              liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=_ZERO,
-              avoid_ros_namespace_conventions=False)
 
 
 def header_stamp_ns(cdr: bytes) -> int:
@@ -93,7 +81,7 @@ class OutputBag:
         if conn is None:
             conn = self.conns[topic] = self.writer.add_connection(
                 topic, msgtype, typestore=self.store,
-                offered_qos_profiles=[LATCHED] if latched else [])
+                offered_qos_profiles=[LATCHED_QOS] if latched else [])
         self.writer.write(conn, log_ns, cdr)
 
     def close(self) -> None:

@@ -13,18 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rosbags.interfaces import (
-    Qos,
-    QosDurability,
-    QosHistory,
-    QosLiveliness,
-    QosReliability,
-    QosTime,
-)
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from rmseg_ros import conversions
+from rmseg_ros.bag_qos import LATCHED_QOS
 from rmseg_ros.camera import CameraIntrinsics
 from training.sim.geometry import quaternion_from_matrix
 
@@ -35,11 +28,6 @@ EVENT_DTYPE = np.dtype({'names': ['x', 'y', 'p', 't'],
                         'offsets': [0, 2, 4, 8], 'itemsize': 16})
 LIDAR_DTYPE = np.dtype([('x', '<f4'), ('y', '<f4'), ('z', '<f4'), ('intensity', '<f4')])
 
-_ZERO = QosTime(sec=0, nsec=0)
-LATCHED_QOS = Qos(history=QosHistory.KEEP_LAST, depth=1, reliability=QosReliability.RELIABLE,
-                  durability=QosDurability.TRANSIENT_LOCAL, deadline=_ZERO, lifespan=_ZERO,
-                  liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=_ZERO,
-                  avoid_ros_namespace_conventions=False)
 
 
 def _t(name: str) -> Any:
