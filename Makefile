@@ -24,12 +24,15 @@ COLCON_COMMON := --paths . --build-base build --install-base install
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-setup: $(STAMP)  ## create .venv from the pinned requirements (idempotent)
+setup: $(STAMP)  ## create .venv from the pinned requirements, the package editable in it (idempotent)
 
-$(STAMP): requirements.txt requirements-dev.txt
+# Editable: `python bench/x.py`, `python -m training.cli` and the console scripts (rmseg-train,
+# rmseg-bringup, ...) of $(VENV)/bin import this checkout from any directory.
+$(STAMP): requirements.txt requirements-dev.txt setup.py
 	@test -x $(PY) || $(BOOT_PY) -m venv $(VENV)
 	@echo "installing pinned requirements into $(VENV) ..."
 	@$(PY) -m pip install -q -r requirements-dev.txt 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(VENV)/COLCON_IGNORE $@
 
 build: setup  ## colcon build into install/

@@ -61,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--height', type=int, default=240)
     parser.add_argument('--width', type=int, default=320)
     parser.add_argument('--classes', type=int, default=12)
+    parser.add_argument('--widths', type=int, nargs=4, default=None, metavar='W',
+                        help='stage widths (default: FusionConfig, the shipped size)')
+    parser.add_argument('--depths', type=int, nargs=4, default=None, metavar='D',
+                        help='blocks per stage (default: FusionConfig)')
+    parser.add_argument('--decoder-dim', type=int, default=None,
+                        help='decoder channels (default: FusionConfig)')
     parser.add_argument('--no-onnx', action='store_true', help='skip the onnxruntime figures')
     parser.add_argument('--compare-encoders', action='store_true',
                         help='also time one FusionSegNet with per-modality encoders')
@@ -79,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
-        cfg = FusionConfig(num_classes=args.classes)
+        size = {k: v for k, v in (('widths', args.widths), ('depths', args.depths),
+                                  ('decoder_dim', args.decoder_dim)) if v is not None}
+        cfg = FusionConfig(num_classes=args.classes, **size)
 
         def deployable(model: torch.nn.Module) -> torch.nn.Module:
             return model.fuse_batchnorm().to(memory_format=torch.channels_last)
@@ -103,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.compare_encoders:
             separate = deployable(FusionSegNet(FusionConfig(num_classes=args.classes,
-                                                            shared_encoder=False)))
+                                                            shared_encoder=False, **size)))
             fns['fusion_separate'] = labels(separate)
         with torch.no_grad():
             times = _blocks(fns, args.runs, args.warmup)
@@ -141,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return sum(p.numel() for p in model.parameters()) / 1e6
 
     print(f'{args.runs} runs after {args.warmup} warm-up, {args.threads} threads, '
-          f'{hw[0]}x{hw[1]}, all four modalities, batch 1; load average '
+          f'{hw[0]}x{hw[1]}, widths {list(cfg.widths)}, depths {list(cfg.depths)}, decoder '
+          f'{cfg.decoder_dim}, all four modalities, batch 1; load average '
           f'{os.getloadavg()[0]:.2f}', file=sys.stderr)
     med, lo, p90 = _stats(times['student'])
     print(f'student_forward_ms: {med:.2f} ms')

@@ -15,12 +15,12 @@ import cv2
 import numpy as np
 
 from rmseg_ros import visualization
-from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.freshness import FreshnessConfig
 from rmseg_ros.lidar_projection import labels_to_points
 from rmseg_ros.prepared_inputs import PreparedInputCache
 from rmseg_ros.preprocess import DegradedConfig, build_model_input, frame_from_messages
+from rmseg_ros.sensor_geometry import SensorGeometry
 from rmseg_ros.sync import NS_PER_S, SyncConfig, SyncedSet
 
 OUTPUTS = ('labels', 'color_mask', 'overlay', 'confidence', 'points')
@@ -133,28 +133,27 @@ class PerceptionPipeline:
                          if cfg.output.robot_class in names else None)
         self.prepared = PreparedInputCache(self.frontend)
 
-    def prepare(self, modality: str, msg: Any, camera: CameraIntrinsics | None,
-                T_cam_lidar: np.ndarray | None,
-                event_sensor_hw: tuple[int, int] | None = None) -> bool:
+    def prepare(self, modality: str, msg: Any, geometry: SensorGeometry | None) -> bool:
         """Build a LiDAR scan's or event packet's tensor as it arrives, for the set that will
         use it (rmseg_ros.prepared_inputs); False when it is left to the set."""
-        return self.prepared.put(modality, msg, camera, T_cam_lidar, event_sensor_hw)
+        return self.prepared.put(modality, msg, geometry)
 
-    def run(self, synced: SyncedSet, camera: CameraIntrinsics, T_cam_lidar: np.ndarray | None,
-            robot_mask: np.ndarray | None = None, want: frozenset[str] = frozenset(OUTPUTS),
-            event_sensor_hw: tuple[int, int] | None = None) -> PerceptionResult:
+    def run(self, synced: SyncedSet, geometry: SensorGeometry,
+            robot_mask: np.ndarray | None = None, want: frozenset[str] = frozenset(OUTPUTS)
+            ) -> PerceptionResult:
         """One set -> outputs. Only the outputs in `want` are computed (nobody subscribed to the
         others). Raises NoUsableInputError when no modality can be fed to the model."""
         t0 = time.perf_counter()
         errors: dict[str, str] = {}
+        camera, T_cam_lidar = geometry.camera, geometry.T_cam_lidar
         messages = dict(synced.messages)
         if 'lidar' in messages and T_cam_lidar is None:
             errors['lidar'] = 'no LiDAR -> camera extrinsic'
             messages.pop('lidar')
-        prepared = self.prepared.take(messages, camera, T_cam_lidar, event_sensor_hw)
+        prepared = self.prepared.take(messages, geometry)
         frame = frame_from_messages(
             synced.stamp_ns, {m: msg for m, msg in messages.items() if m not in prepared},
-            camera, T_cam_lidar, event_sensor_hw, errors=errors)
+            geometry, errors=errors)
         if 'lidar' in prepared:
             frame.lidar_xyz = prepared['lidar'].lidar_xyz
             frame.lidar_intensity = prepared['lidar'].lidar_intensity

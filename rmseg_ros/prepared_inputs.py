@@ -4,9 +4,9 @@ A synchronised set is complete when its camera frame arrives; the LiDAR scan and
 packet it pairs with came earlier. Projecting the scan (~1 ms for 32k points) and voxelising the
 events (~1 ms for 50k) at arrival, on the executor thread while the worker runs the model on the
 other core, takes both off the stamp -> labels path. The tensor of a message depends only on it,
-the camera intrinsics, the LiDAR extrinsic and the front-end config, so an entry is used only
-when the set's message is the same object and those inputs are unchanged; anything else (a
-malformed message, a changed extrinsic, an evicted entry) falls back to building it in the set.
+the sensor geometry and the front-end config, so an entry is used only when the set's message is
+the same object and the geometry has the same version; anything else (a malformed message, a
+changed extrinsic, an evicted entry) falls back to building it in the set.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.preprocess import STEP_OF, FrontendConfig, frame_from_messages
+from rmseg_ros.sensor_geometry import SensorGeometry
 
 PREPARED_MODALITIES = ('lidar', 'event')
 
@@ -32,24 +32,12 @@ class PreparedInput:
     lidar_intensity: np.ndarray | None = None
 
 
-def geometry_key(camera: CameraIntrinsics, T_cam_lidar: np.ndarray | None,
-                 event_sensor_hw: tuple[int, int] | None) -> tuple:
-    """Everything besides the message that a LiDAR or event tensor depends on (a new
-    CameraIntrinsics object per CameraInfo message, so compare values, not identity)."""
-    p = b'' if camera.P is None else np.asarray(camera.P, float).tobytes()
-    t = b'' if T_cam_lidar is None else np.asarray(T_cam_lidar, float).tobytes()
-    return (camera.width, camera.height, np.asarray(camera.K, float).tobytes(),
-            np.asarray(camera.D, float).tobytes(), np.asarray(camera.R, float).tobytes(), p,
-            camera.distortion_model, t, event_sensor_hw)
-
-
-def prepare_input(modality: str, msg: Any, camera: CameraIntrinsics,
-                  T_cam_lidar: np.ndarray | None, event_sensor_hw: tuple[int, int] | None,
-                  cfg: FrontendConfig) -> PreparedInput:
+def prepare_input(modality: str, msg: Any, geometry: SensorGeometry, cfg: FrontendConfig
+                  ) -> PreparedInput:
     """The model-input tensor of one LiDAR or event message. Raises ValueError if malformed."""
     if modality not in PREPARED_MODALITIES:
         raise ValueError(f'{modality} is built with its set, not on arrival')
-    frame = frame_from_messages(0, {modality: msg}, camera, T_cam_lidar, event_sensor_hw)
+    frame = frame_from_messages(0, {modality: msg}, geometry)
     tensor, reason, *_ = STEP_OF[modality](frame, cfg)
     return PreparedInput(tensor, reason, frame.lidar_xyz, frame.lidar_intensity)
 
@@ -62,7 +50,7 @@ class PreparedInputCache:
         self.cfg = cfg
         self.keep = keep
         self._lock = threading.Lock()
-        self._entries: dict[str, OrderedDict[int, tuple[Any, tuple, PreparedInput]]] = {
+        self._entries: dict[str, OrderedDict[int, tuple[Any, int, PreparedInput]]] = {
             m: OrderedDict() for m in PREPARED_MODALITIES}
         self.hits = 0
         self.misses = 0
@@ -70,34 +58,30 @@ class PreparedInputCache:
         self.failures: Counter[tuple[str, str]] = Counter()
         self.last_failure = ''
 
-    def put(self, modality: str, msg: Any, camera: CameraIntrinsics | None,
-            T_cam_lidar: np.ndarray | None, event_sensor_hw: tuple[int, int] | None) -> bool:
+    def put(self, modality: str, msg: Any, geometry: SensorGeometry | None) -> bool:
         """Build and keep `msg`'s tensor; False when it cannot be built now (no camera or
         extrinsic yet, malformed: the set's own build reports that). Never raises: a failure
         of any kind is counted in `failures` per modality and kind."""
-        if modality not in PREPARED_MODALITIES or camera is None:
+        if modality not in PREPARED_MODALITIES or geometry is None:
             return False
-        if modality == 'lidar' and T_cam_lidar is None:
+        if modality == 'lidar' and geometry.T_cam_lidar is None:
             return False
         try:
-            prepared = prepare_input(modality, msg, camera, T_cam_lidar, event_sensor_hw,
-                                     self.cfg)
+            prepared = prepare_input(modality, msg, geometry, self.cfg)
         except Exception as exc:  # runs on the executor thread: nothing may escape it
             kind = 'malformed' if isinstance(exc, ValueError) else type(exc).__name__
             with self._lock:
                 self.failures[(modality, kind)] += 1
                 self.last_failure = f'{modality}: {type(exc).__name__}: {exc}'
             return False
-        key = geometry_key(camera, T_cam_lidar if modality == 'lidar' else None, event_sensor_hw)
         with self._lock:
             entries = self._entries[modality]
-            entries[id(msg)] = (msg, key, prepared)
+            entries[id(msg)] = (msg, geometry.version, prepared)
             while len(entries) > self.keep:
                 entries.popitem(last=False)
         return True
 
-    def take(self, messages: dict[str, Any], camera: CameraIntrinsics,
-             T_cam_lidar: np.ndarray | None, event_sensor_hw: tuple[int, int] | None
+    def take(self, messages: dict[str, Any], geometry: SensorGeometry
              ) -> dict[str, PreparedInput]:
         """The prepared inputs of the set's LiDAR / event messages that are still valid."""
         out: dict[str, PreparedInput] = {}
@@ -107,9 +91,7 @@ class PreparedInputCache:
                 continue
             with self._lock:
                 entry = self._entries[modality].get(id(msg))
-            key = geometry_key(camera, T_cam_lidar if modality == 'lidar' else None,
-                               event_sensor_hw)
-            if entry is not None and entry[0] is msg and entry[1] == key:
+            if entry is not None and entry[0] is msg and entry[1] == geometry.version:
                 out[modality] = entry[2]
                 self.hits += 1
             else:

@@ -29,6 +29,7 @@ from rmseg_ros.events import event_image_to_voxel, events_to_voxel
 from rmseg_ros.evt3 import DecodedEvents
 from rmseg_ros.lidar_projection import lidar_hits
 from rmseg_ros.modalities import MODALITIES
+from rmseg_ros.sensor_geometry import SensorGeometry
 
 DROP, FEED = 'drop', 'feed'
 
@@ -149,11 +150,10 @@ def _events_from_cloud(msg: Any) -> EventBatch:
     return EventBatch(x, y, t_ns, cloud['p'].astype(np.int8))
 
 
-def frame_from_messages(stamp_ns: int, messages: dict[str, Any], camera: CameraIntrinsics,
-                        T_cam_lidar: np.ndarray | None = None,
-                        event_sensor_hw: tuple[int, int] | None = None,
+def frame_from_messages(stamp_ns: int, messages: dict[str, Any], geometry: SensorGeometry,
                         errors: dict[str, str] | None = None) -> RawFrame:
-    """Decode a synchronised set {modality: message} into a RawFrame.
+    """Decode a synchronised set {modality: message} into a RawFrame, with the rig's camera,
+    LiDAR extrinsic (needed for 'lidar') and event sensor size.
 
     'rgb': Image or CompressedImage; 'depth': Image (16UC1 mm or 32FC1 m); 'lidar': PointCloud2
     with x, y, z [, intensity]; 'event': PointCloud2 with x, y, t, p, a pre-rendered Image, or
@@ -162,9 +162,10 @@ def frame_from_messages(stamp_ns: int, messages: dict[str, Any], camera: CameraI
     malformed modality is left out of the frame instead and its reason stored there (online:
     one broken topic must not cost the others their frame).
     """
-    frame = RawFrame(stamp_ns=stamp_ns, camera=camera, event_sensor_hw=event_sensor_hw)
-    if T_cam_lidar is not None:
-        frame.T_cam_lidar = np.asarray(T_cam_lidar, dtype=np.float64)
+    frame = RawFrame(stamp_ns=stamp_ns, camera=geometry.camera,
+                     event_sensor_hw=geometry.event_sensor_hw)
+    if geometry.T_cam_lidar is not None:
+        frame.T_cam_lidar = np.asarray(geometry.T_cam_lidar, dtype=np.float64)
     for modality, msg in messages.items():
         try:
             if modality == 'rgb':

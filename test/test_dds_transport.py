@@ -96,6 +96,7 @@ SUBSCRIBER = textwrap.dedent('''
 
 
 @pytest.mark.ros
+@pytest.mark.slow  # best effort under a loaded host may drop frames: a measurement, not a gate
 def test_best_effort_640x480_frames_cross_processes_over_the_profile(spawn_python):
     n = 60
     env = transport_env({}, 'shm')

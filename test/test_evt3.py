@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rmseg_ros.evt3 import TIME_LOOP_US, Evt3Decoder, check_packet, decode_packet
+from rmseg_ros.sensor_geometry import SensorGeometry
 
 
 def events(ev):
@@ -219,7 +220,7 @@ def test_decoded_packets_feed_the_front_end_like_raw_events():
     x, y, t_us, p = _frame_events(0, rng)
     decoder = Evt3Decoder()
     decoded = decode_packet(packet(encode(x, y, t_us, p), STAMP0), decoder, STAMP0)
-    got = build_model_input(frame_from_messages(STAMP0, {'event': decoded}, camera),
+    got = build_model_input(frame_from_messages(STAMP0, {'event': decoded}, SensorGeometry(camera)),
                             frontend).tensors['event']
     t_ns = STAMP0 + (t_us - t_us[0]) * 1000
     np.testing.assert_array_equal(got, _voxel_of(x, y, t_ns, p, camera, frontend))

@@ -1,16 +1,15 @@
 """Freshness-first scheduling: the policy's decisions, the age-of-information figure, and the
-latest-only worker holding a waited item for a newer one (real threads)."""
+latest-only worker holding a waited item for a newer one (real threads, a fake clock)."""
 
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from rmseg_ros.freshness import FreshnessConfig, FreshnessPolicy, mean_age_of_information
-from rmseg_ros.latest_worker import LatestOnlyWorker
+from rmseg_ros.latest_worker import Job, LatestOnlyWorker
 
 PERIOD = 0.1
 
@@ -87,71 +86,102 @@ def test_mean_age_of_information_integrates_the_sawtooth():
         mean_age_of_information(published[:1], published[:1])
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand (thread-safe reads of a float)."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
 class _Recorder:
-    """A worker callback that records (item, start time) and can be held on a gate."""
+    """A worker callback that records the jobs and can be held on a gate."""
 
     def __init__(self, gated: int) -> None:
         self.gated = gated
         self.gate = threading.Event()
         self.started = threading.Event()
-        self.seen: list[tuple[int, float]] = []
+        self.jobs: list[Job[int]] = []
 
-    def __call__(self, item: int) -> None:
-        self.seen.append((item, time.monotonic()))
-        if item == self.gated:
+    def __call__(self, job: Job[int]) -> None:
+        self.jobs.append(job)
+        if job.item == self.gated:
             self.started.set()
-            self.gate.wait(5)
+            assert self.gate.wait(5)
+
+    @property
+    def items(self) -> list[int]:
+        return [j.item for j in self.jobs]
 
 
-def _busy_worker_with_a_waiting_item(period: float = 0.3):
-    """Items 0..4 every `period` s (processed at once), item 5 blocks the worker, item 6 then
-    waits 0.2 s (the next is due 0.1 s later); returns (worker, recorder, release time)."""
+def _holding_worker(period: float = 0.3):
+    """Items 0..4 every `period` s of a fake clock (processed at once), item 5 blocks the
+    worker, item 6 then waits 0.2 s (the next is due 0.1 s later), the worker is released and
+    holds item 6 for a newer one: returns (worker, recorder, clock, release time)."""
+    clock = FakeClock()
     rec = _Recorder(gated=5)
-    worker = LatestOnlyWorker(rec, lambda exc, item: None, 'test',
+    worker = LatestOnlyWorker(rec, lambda exc, job: None, 'test',
                               FreshnessPolicy(FreshnessConfig(max_wait_s=0.02, min_rate_hz=1.0,
-                                                              window=4)))
+                                                              window=4)), clock=clock)
     for k in range(5):
         worker.submit(k)
-        time.sleep(period)
+        assert worker.wait_idle(5)
+        clock.t += period
     worker.submit(5)
     assert rec.started.wait(5)
     worker.submit(6)
-    time.sleep(0.2)
+    clock.t += 0.2
+    released = clock.t
     rec.gate.set()
-    return worker, rec, time.monotonic()
-
-
-def _wait_idle(worker: LatestOnlyWorker, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not worker.idle() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert worker.wait_for(lambda w: w.holds == 1, 5)
+    return worker, rec, clock, released
 
 
 def test_worker_skips_a_waited_item_for_a_newer_one():
-    worker, rec, _ = _busy_worker_with_a_waiting_item()
-    time.sleep(0.02)  # well before the hold ends (0.25 s after the release)
+    worker, rec, _, _ = _holding_worker()
     worker.submit(7)
-    _wait_idle(worker)
+    assert worker.wait_idle(5)
     worker.stop()
-    assert [item for item, _ in rec.seen] == [0, 1, 2, 3, 4, 5, 7]
+    assert rec.items == [0, 1, 2, 3, 4, 5, 7]
     assert worker.skipped_for_freshness == 1 and worker.skipped == 1
 
 
 def test_worker_processes_the_held_item_when_nothing_newer_comes():
-    worker, rec, released = _busy_worker_with_a_waiting_item()
-    time.sleep(0.5)
-    _wait_idle(worker)
+    worker, rec, clock, released = _holding_worker()
+    assert rec.items == [0, 1, 2, 3, 4, 5]  # held, not processed: the clock has not moved
+    clock.t = released + 0.26  # the hold ends half a period after the next was due (+0.25 s)
+    assert worker.wait_idle(5)
     worker.stop()
-    assert [item for item, _ in rec.seen] == [0, 1, 2, 3, 4, 5, 6]
-    held = rec.seen[-1][1] - released
-    assert held > 0.15  # it waited for a newer item (the hold ends 0.25 s after the release)
+    assert rec.items == [0, 1, 2, 3, 4, 5, 6]
+    six = rec.jobs[-1]
+    assert six.started == clock.t and six.started - six.submitted == pytest.approx(0.46)
     assert worker.skipped_for_freshness == 0 and worker.skipped == 0
 
 
 def test_worker_stop_ends_a_hold():
-    worker, rec, _ = _busy_worker_with_a_waiting_item()
-    time.sleep(0.02)
-    t0 = time.monotonic()
+    worker, rec, _, _ = _holding_worker()
+    worker.stop()  # the fake clock never reaches the hold's end: only stop() can end it
+    assert not worker.alive
+    assert rec.items == [0, 1, 2, 3, 4, 5]
+
+
+def test_worker_stamps_jobs_on_its_clock_and_counts_superseded_items():
+    clock = FakeClock()
+    rec = _Recorder(gated=0)
+    worker = LatestOnlyWorker(rec, lambda exc, job: None, clock=clock)
+    worker.submit(0)
+    assert rec.started.wait(5)  # item 0 in progress, blocked on the gate
+    clock.t += 1.0
+    worker.submit(1, superseded=3)  # the caller dropped three older sets unsubmitted
+    clock.t += 0.5
+    worker.submit(2)  # replaces 1, still waiting
+    clock.t += 0.25
+    rec.gate.set()
+    assert worker.wait_idle(5)
     worker.stop()
-    assert time.monotonic() - t0 < 0.2  # did not sit out the hold
-    assert [item for item, _ in rec.seen] == [0, 1, 2, 3, 4, 5]
+    assert rec.items == [0, 2]
+    assert (rec.jobs[1].submitted, rec.jobs[1].started) == (101.5, 101.75)
+    assert rec.jobs[0].submitted == rec.jobs[0].started == 100.0
+    assert worker.skipped == 4 and worker.submitted == 3 and worker.processed == 2

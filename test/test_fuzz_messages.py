@@ -22,10 +22,12 @@ from rmseg_ros.inference import Segmenter
 from rmseg_ros.perception import PerceptionConfig, PerceptionPipeline
 from rmseg_ros.prepared_inputs import PreparedInputCache
 from rmseg_ros.preprocess import FrontendConfig, build_model_input, frame_from_messages
+from rmseg_ros.sensor_geometry import SensorGeometry
 from rmseg_ros.sync import SyncedSet
 from rmseg_ros.synthetic import T_CAM_LIDAR_DEFAULT, SyntheticRig
 
 RIG = SyntheticRig(width=64, height=48, lidar_columns=64)
+GEOM = SensorGeometry(RIG.camera, T_CAM_LIDAR_DEFAULT)
 STAMP = 1_700_000_000_000_000_000
 CFG = FrontendConfig(height=24, width=32)
 U32 = 2**32 - 1
@@ -187,10 +189,10 @@ def _fuzz_sensor(modality: str, n: int, seed: int, pipeline: PerceptionPipeline,
         msg = (_image(rng, base[modality]) if modality in ('rgb', 'depth')
                else _cloud(rng, base[modality], modality == 'event'))
         if modality in ('lidar', 'event'):  # the executor thread's on-arrival step
-            put_ok += cache.put(modality, msg, RIG.camera, T_CAM_LIDAR_DEFAULT, None)
+            put_ok += cache.put(modality, msg, GEOM)
         messages = {**base, modality: msg}
         errors: dict[str, str] = {}
-        frame = frame_from_messages(STAMP, messages, RIG.camera, T_CAM_LIDAR_DEFAULT,
+        frame = frame_from_messages(STAMP, messages, GEOM,
                                     errors=errors)
         out = build_model_input(frame, CFG, errors=errors)
         outcomes = [modality in errors, modality in out.degraded and modality not in out.tensors,
@@ -202,7 +204,7 @@ def _fuzz_sensor(modality: str, n: int, seed: int, pipeline: PerceptionPipeline,
         assert set(out.tensors) >= {'rgb', 'depth', 'lidar', 'event'} - {modality}
         if i % run_every == 0:  # the worker's whole set, model included
             synced = SyncedSet(STAMP, messages, dict.fromkeys(messages, STAMP), frozenset())
-            result = pipeline.run(synced, RIG.camera, T_CAM_LIDAR_DEFAULT)
+            result = pipeline.run(synced, GEOM)
             assert result.labels.shape == (RIG.height, RIG.width)
             assert (modality in result.errors) == outcomes[0]
     assert used + degraded + rejected == n

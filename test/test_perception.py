@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from rig_messages import set_messages
 from rmseg_ros import conversions, visualization
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.inference import Segmenter
-from rmseg_ros.latest_worker import LatestOnlyWorker
+from rmseg_ros.latest_worker import Job, LatestOnlyWorker
 from rmseg_ros.perception import (
     InputCheckConfig,
     NoUsableInputError,
@@ -22,10 +21,12 @@ from rmseg_ros.perception import (
     check_stamp,
 )
 from rmseg_ros.preprocess import build_model_input, frame_from_messages
+from rmseg_ros.sensor_geometry import SensorGeometry
 from rmseg_ros.sync import SyncedSet
 from rmseg_ros.synthetic import T_CAM_LIDAR_DEFAULT, SyntheticRig, cloud_array
 
 RIG = SyntheticRig(width=320, height=240, lidar_columns=240)
+GEOM = SensorGeometry(RIG.camera, T_CAM_LIDAR_DEFAULT)
 STAMP = 1_700_000_000_000_000_000
 
 
@@ -44,7 +45,7 @@ def pipeline(tiny_checkpoint) -> PerceptionPipeline:
 
 
 def test_full_set_gives_every_output_at_camera_size(pipeline):
-    res = pipeline.run(_set(_messages()), RIG.camera, T_CAM_LIDAR_DEFAULT)
+    res = pipeline.run(_set(_messages()), GEOM)
     assert res.used == ('rgb', 'depth', 'lidar', 'event')
     assert res.labels.shape == (240, 320) and res.labels.dtype == np.uint8
     assert res.labels.max() < len(pipeline.classes.names)
@@ -61,8 +62,7 @@ def test_model_size_outputs_and_only_wanted_outputs(pipeline, tiny_checkpoint):
     seg = Segmenter.from_checkpoint(tiny_checkpoint, device='cpu')
     small = PerceptionPipeline(seg, ClassTable.load(),
                                PerceptionConfig(output=OutputConfig(size='model')))
-    res = small.run(_set(_messages()), RIG.camera, T_CAM_LIDAR_DEFAULT,
-                    want=frozenset({'labels'}))
+    res = small.run(_set(_messages()), GEOM, want=frozenset({'labels'}))
     assert res.labels.shape == (60, 80)
     assert res.color_mask is None and res.overlay is None and res.point_labels is None
 
@@ -70,7 +70,7 @@ def test_model_size_outputs_and_only_wanted_outputs(pipeline, tiny_checkpoint):
 def test_robot_mask_relabels_pixels_and_marks_points(pipeline):
     mask = np.zeros((120, 160), np.uint8)  # half resolution: resized to the labels
     mask[:, :80] = 255
-    res = pipeline.run(_set(_messages()), RIG.camera, T_CAM_LIDAR_DEFAULT, robot_mask=mask)
+    res = pipeline.run(_set(_messages()), GEOM, robot_mask=mask)
     robot = pipeline.classes.index('robot')
     assert (res.labels[:, :160] == robot).all()
     assert res.robot_pixels == 240 * 160
@@ -95,7 +95,7 @@ def test_robot_mask_relabels_pixels_and_marks_points(pipeline):
 def test_a_malformed_modality_costs_only_itself(pipeline, modality, broken, where):
     messages = _messages()
     messages[modality] = broken()
-    res = pipeline.run(_set(messages), RIG.camera, T_CAM_LIDAR_DEFAULT)
+    res = pipeline.run(_set(messages), GEOM)
     assert modality in getattr(res, where)
     assert modality not in res.used
     assert set(res.used) == {'rgb', 'depth', 'lidar', 'event'} - {modality}
@@ -104,20 +104,19 @@ def test_a_malformed_modality_costs_only_itself(pipeline, modality, broken, wher
 def test_size_mismatch_in_the_image_data_is_an_error(pipeline):
     msg = conversions.numpy_to_image(RIG.rgb(0.3), 'rgb8')
     msg.height = 241  # header says more rows than the data holds
-    res = pipeline.run(_set({**_messages(), 'rgb': msg}), RIG.camera, T_CAM_LIDAR_DEFAULT)
+    res = pipeline.run(_set({**_messages(), 'rgb': msg}), GEOM)
     assert 'rgb' in res.errors and 'rgb' not in res.used
 
 
 def test_nothing_usable_raises(pipeline):
     nan = conversions.numpy_to_image(np.full((240, 320), np.nan, np.float32), '32FC1')
     with pytest.raises(NoUsableInputError, match='depth'):
-        pipeline.run(_set({'depth': nan}, missing=('rgb', 'lidar', 'event')), RIG.camera,
-                     T_CAM_LIDAR_DEFAULT)
+        pipeline.run(_set({'depth': nan}, missing=('rgb', 'lidar', 'event')), GEOM)
 
 
 def test_overlay_without_rgb_is_drawn_on_depth():
     messages = _messages()
-    frame = frame_from_messages(STAMP, {'depth': messages['depth']}, RIG.camera)
+    frame = frame_from_messages(STAMP, {'depth': messages['depth']}, SensorGeometry(RIG.camera))
     from rmseg_ros.preprocess import FrontendConfig
 
     mi = build_model_input(frame, FrontendConfig(height=60, width=80))
@@ -152,35 +151,35 @@ def test_stamp_checks():
 def test_latest_only_worker_skips_stale_items_and_survives_errors():
     seen: list[int] = []
     errors: list[BaseException] = []
-    gate = threading.Event()
+    gate, busy = threading.Event(), threading.Event()
 
-    def process(item: int) -> None:
-        gate.wait(5)
-        if item == 99:
+    def process(job: Job[int]) -> None:
+        busy.set()
+        assert gate.wait(5)
+        if job.item == 99:
             raise RuntimeError('boom')
-        seen.append(item)
+        seen.append(job.item)
 
-    worker = LatestOnlyWorker(process, lambda exc, item: errors.append(exc))
+    worker = LatestOnlyWorker(process, lambda exc, job: errors.append(exc))
     worker.submit(0)
-    time.sleep(0.05)  # the worker holds item 0, blocked on the gate
+    assert busy.wait(5)  # the worker holds item 0, blocked on the gate
     for i in range(1, 6):
         worker.submit(i)
     gate.set()
-    deadline = time.monotonic() + 5
-    while not worker.idle() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert worker.wait_idle(5)
     assert seen == [0, 5]  # 1..4 were replaced while waiting
     assert worker.skipped == 4 and worker.submitted == 6
     worker.submit(99)
+    assert worker.wait_idle(5)
     worker.submit(7)
-    while (worker.failed + len(seen) < 3 or not worker.idle()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert seen[-1] == 7 and worker.processed + worker.failed + worker.skipped == 8
+    assert worker.wait_idle(5)
+    assert seen[-1] == 7 and [str(e) for e in errors] == ['boom']
+    assert worker.processed == 3 and worker.failed == 1 and worker.alive
     worker.stop()
 
 
 def test_confidence_image_matches_the_labels_and_costs_nothing_unwanted(pipeline):
-    res = pipeline.run(_set(_messages()), RIG.camera, T_CAM_LIDAR_DEFAULT)
+    res = pipeline.run(_set(_messages()), GEOM)
     conf = res.confidence_image
     assert conf.shape == res.labels.shape == (240, 320) and conf.dtype == np.uint8
     # 0..255 = max softmax probability: never below 1/K for K classes
@@ -189,9 +188,9 @@ def test_confidence_image_matches_the_labels_and_costs_nothing_unwanted(pipeline
     assert np.array_equal(conf, visualization.confidence_image(res.confidence, (240, 320)))
     mask = np.zeros((240, 320), np.uint8)
     mask[:, :100] = 1  # the robot mask decides those labels: full confidence there
-    masked = pipeline.run(_set(_messages()), RIG.camera, T_CAM_LIDAR_DEFAULT, robot_mask=mask)
+    masked = pipeline.run(_set(_messages()), GEOM, robot_mask=mask)
     assert (masked.confidence_image[:, :100] == 255).all()
-    unwanted = pipeline.run(_set(_messages()), RIG.camera, T_CAM_LIDAR_DEFAULT,
+    unwanted = pipeline.run(_set(_messages()), GEOM,
                             want=frozenset({'labels'}))
     assert unwanted.confidence is None and unwanted.confidence_image is None
     assert np.array_equal(unwanted.labels, res.labels)

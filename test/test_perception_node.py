@@ -127,9 +127,9 @@ def test_outputs_dropout_rejoin_and_enable(tiny_checkpoint, spawn_python, probe)
     # the LiDAR / event tensors were built as those messages arrived (prepared_inputs)
     probe.wait(lambda: int(probe.pipeline().get('prepared_inputs_used', 0)) >= 5, 20,
                'sets using prepared LiDAR / event inputs')
-    # the worker's freshness scheduling reports what it skipped (a subset of the skipped sets)
-    pipeline = probe.pipeline()
-    assert 0 <= int(pipeline['skipped_for_freshness']) <= int(pipeline['skipped_frames'])
+    # the worker's counters are reported (a forced freshness skip, on a fake clock, is
+    # test_freshness.test_worker_skips_a_waited_item_for_a_newer_one)
+    assert {'skipped_frames', 'skipped_for_freshness'} <= probe.pipeline().keys()
 
     # source stamps: a label image carries the stamp of a camera frame. The probe's own camera
     # subscription is best effort (sensor QoS) and may start late or drop a frame under load,

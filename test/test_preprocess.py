@@ -23,10 +23,12 @@ from rmseg_ros.preprocess import (
     build_model_input,
     frame_from_messages,
 )
+from rmseg_ros.sensor_geometry import SensorGeometry
 
 CAM = CameraIntrinsics.from_fov(640, 480, 90.0)
 # LiDAR frame x forward, y left, z up -> camera optical frame z forward, x right, y down.
 T_CAM_LIDAR = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)
+GEOM = SensorGeometry(CAM, T_CAM_LIDAR)
 
 
 def _wall_cloud(distance: float = 4.0, n: int = 4000) -> tuple[np.ndarray, np.ndarray]:
@@ -143,10 +145,10 @@ def test_messages_to_inputs_same_for_rclpy_and_rosbags_messages():
     bgr, rclpy_msgs = _messages()
     store = get_typestore(Stores.LATEST)
     _, bag_msgs = _messages(store, store)
-    frame = frame_from_messages(5, rclpy_msgs, CAM, T_CAM_LIDAR)
+    frame = frame_from_messages(5, rclpy_msgs, GEOM)
     np.testing.assert_array_equal(frame.rgb, bgr[..., ::-1])  # bgr8 -> RGB order
     online = build_model_input(frame, cfg)
-    offline = build_model_input(frame_from_messages(5, bag_msgs, CAM, T_CAM_LIDAR), cfg)
+    offline = build_model_input(frame_from_messages(5, bag_msgs, GEOM), cfg)
     assert online.presence.all() and offline.presence.all()
     for m in MODALITIES:
         np.testing.assert_array_equal(online.tensors[m], offline.tensors[m])
@@ -156,9 +158,9 @@ def test_malformed_message_error_names_the_modality():
     _, msgs = _messages()
     msgs['depth'].encoding = 'yuv422'
     with pytest.raises(ValueError, match='depth'):
-        build_model_input(frame_from_messages(1, msgs, CAM, T_CAM_LIDAR), FrontendConfig())
+        build_model_input(frame_from_messages(1, msgs, GEOM), FrontendConfig())
     _, msgs = _messages()
     bad = np.zeros(3, dtype=[('x', 'f4'), ('y', 'f4')])
     msgs['event'] = conversions.array_to_pointcloud2(bad)
     with pytest.raises(ValueError, match=r'event: event cloud lacks fields'):
-        frame_from_messages(1, msgs, CAM, T_CAM_LIDAR)
+        frame_from_messages(1, msgs, GEOM)

@@ -160,6 +160,22 @@ def test_modality_dropout_keeps_non_empty_subsets():
     assert torch.equal(none, presence)
 
 
+def test_modality_dropout_from_named_subsets():
+    presence = torch.tensor([[True] * 4] * 600 + [[False, True, True, False]] * 8)
+    gen = torch.Generator().manual_seed(5)
+    rgb_only = drop_modalities(presence, gen, DropoutConfig(subsets=('R',)))
+    assert torch.equal(rgb_only[:600], torch.tensor([[True, False, False, False]] * 600))
+    assert torch.equal(rgb_only[600:], presence[600:])  # no R: keeps what it has
+    all15 = ('R', 'D', 'L', 'E', 'RD', 'RL', 'RE', 'DL', 'DE', 'LE', 'RDL', 'RDE', 'RLE', 'DLE',
+             'RDLE')
+    out = drop_modalities(presence, gen, DropoutConfig(subsets=all15))
+    counts = torch.unique(out[:600], dim=0, return_counts=True)[1]
+    assert len(counts) == 15 and counts.min() >= 20  # each about 40 of 600; k-uniform: 150 RDLE
+    assert not (out[600:] & ~presence[600:]).any()
+    with pytest.raises(ValueError, match='subset name'):
+        DropoutConfig(subsets=('RX',))
+
+
 # ----------------------------------------------------------------------------- engine
 
 class VectorSet(torch.utils.data.Dataset):

@@ -20,9 +20,11 @@ from rmseg_ros.preprocess import (
     event_times_ns,
     frame_from_messages,
 )
+from rmseg_ros.sensor_geometry import SensorGeometry
 from rmseg_ros.synthetic import T_CAM_LIDAR_DEFAULT, SyntheticRig
 
 RIG = SyntheticRig(width=160, height=120, lidar_columns=120)
+GEOM = SensorGeometry(RIG.camera, T_CAM_LIDAR_DEFAULT)
 STAMP = 1_700_000_000_000_000_000
 CFG = FrontendConfig(height=60, width=80)
 
@@ -51,10 +53,10 @@ def _camera_info(width: int = 160, height: int = 120, **fields) -> CameraInfo:
 def test_event_time_out_of_range_is_rejected_not_raised(t):
     msg = _event_cloud(t)
     cache = PreparedInputCache(CFG)
-    assert cache.put('event', msg, RIG.camera, None, None) is False
+    assert cache.put('event', msg, SensorGeometry(RIG.camera)) is False
     assert cache.failures[('event', 'malformed')] == 1
     errors: dict[str, str] = {}
-    frame = frame_from_messages(STAMP, {'event': msg}, RIG.camera, errors=errors)
+    frame = frame_from_messages(STAMP, {'event': msg}, SensorGeometry(RIG.camera), errors=errors)
     assert frame.events is None and 'time' in errors['event']
 
 
@@ -80,8 +82,8 @@ def test_prepared_put_counts_any_exception_per_modality_and_kind():
             raise RuntimeError(f'boom: {name}')
 
     cache = PreparedInputCache(CFG)
-    assert cache.put('event', Exploding(), RIG.camera, None, None) is False
-    assert cache.put('lidar', Exploding(), RIG.camera, T_CAM_LIDAR_DEFAULT, None) is False
+    assert cache.put('event', Exploding(), SensorGeometry(RIG.camera)) is False
+    assert cache.put('lidar', Exploding(), GEOM) is False
     assert cache.failures == {('event', 'RuntimeError'): 1, ('lidar', 'RuntimeError'): 1}
 
 
@@ -157,7 +159,7 @@ def test_empty_image_costs_only_its_modality(modality):
     enc = {'rgb': 'rgb8', 'depth': '32FC1'}[modality]
     msgs[modality] = Image(height=0, width=0, encoding=enc, step=0)
     errors: dict[str, str] = {}
-    frame = frame_from_messages(STAMP, msgs, RIG.camera, T_CAM_LIDAR_DEFAULT, errors=errors)
+    frame = frame_from_messages(STAMP, msgs, GEOM, errors=errors)
     out = build_model_input(frame, CFG, errors=errors)
     assert 'empty' in errors[modality]
     others = {'rgb', 'depth', 'lidar', 'event'} - {modality}
@@ -170,7 +172,7 @@ def test_a_step_raising_anything_costs_only_its_modality(monkeypatch):
     from rmseg_ros import preprocess
 
     msgs = set_messages(RIG, 0.3, STAMP)
-    frame = frame_from_messages(STAMP, msgs, RIG.camera, T_CAM_LIDAR_DEFAULT)
+    frame = frame_from_messages(STAMP, msgs, GEOM)
 
     def broken(frame, cfg):
         raise cv2.error('resize assertion')

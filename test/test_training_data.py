@@ -13,6 +13,7 @@ import torch
 from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.modalities import MODALITIES
 from rmseg_ros.preprocess import build_model_input, frame_from_messages
+from rmseg_ros.sensor_geometry import SensorGeometry
 from training.data.bag_samples import BagSampleReader, DatasetConfig
 from training.data.cli import build_cache, find_bags
 from training.data.dataset import AugmentConfig, ShardDataset, random_modality_subset
@@ -91,7 +92,7 @@ def test_bag_samples_match_online_preprocessing(tmp_path, storage):
         online = build_model_input(frame_from_messages(
             s.model_input.stamp_ns, {'rgb': msgs['camera/image'], 'depth': msgs['depth/image'],
                                      'lidar': msgs['lidar/points'], 'event': msgs['events']},
-            CAM, T_cam_lidar), frontend)
+            SensorGeometry(CAM, T_cam_lidar)), frontend)
         assert s.model_input.presence.all()
         for m in MODALITIES:
             np.testing.assert_allclose(s.model_input.tensors[m], online.tensors[m], atol=1e-6)

@@ -41,7 +41,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from rmseg_ros import conversions
-from rmseg_ros.camera import CameraIntrinsics, SizeLimits
+from rmseg_ros.camera import SizeLimits
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import share_path
 from rmseg_ros.diagnostics import PerceptionStats, statuses
@@ -54,7 +54,7 @@ from rmseg_ros.graph import (
     section_from_parameters,
     sync_config_from_parameters,
 )
-from rmseg_ros.latest_worker import LatestOnlyWorker
+from rmseg_ros.latest_worker import Job, LatestOnlyWorker
 from rmseg_ros.modalities import MODALITIES
 from rmseg_ros.nodes.runner import raise_keyboard_interrupt, split_argv
 from rmseg_ros.perception import (
@@ -70,6 +70,7 @@ from rmseg_ros.perception import (
 from rmseg_ros.prepared_inputs import PREPARED_MODALITIES
 from rmseg_ros.preprocess import DROP, FEED, DegradedConfig
 from rmseg_ros.runtime import inference_threads, tune_malloc
+from rmseg_ros.sensor_geometry import GeometryTracker, SensorGeometry
 from rmseg_ros.sync import SyncedSet
 from rmseg_ros.sync_failover import FailoverSynchronizer
 from rmseg_ros.transforms import TransformTree, transform_from_xyz_rpy
@@ -117,14 +118,12 @@ class PerceptionNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._timer = None
         self._service = None
-        self._camera: CameraIntrinsics | None = None
+        self._geometry = GeometryTracker()  # camera + LiDAR extrinsic + event size, versioned
         self._camera_frame = ''
         self._camera_gate = conversions.CameraInfoGate()
         self._robot_mask: tuple[int, np.ndarray] | None = None
         self._tf = TransformTree()
         self._lidar_frame_seen = ''
-        # pivot stamp -> (monotonic time the set completed, its age then in ms by the node clock)
-        self._arrival: dict[int, tuple[float, float]] = {}
         self._sync_lock = threading.Lock()
 
     # ------------------------------------------------------------------ parameters
@@ -163,6 +162,7 @@ class PerceptionNode(LifecycleNode):
             if w or h:  # [0, 0] = the camera's size (checked with each CameraInfo)
                 self.limits.check('event_sensor_size', w, h)
                 self.event_sensor_hw = (h, w)
+            self._geometry.update(event_sensor_hw=self.event_sensor_hw)
             self._camera_gate = conversions.CameraInfoGate(self.limits)
             for key in ('camera_transport', 'event_format', 'qos_reliability', 'backend',
                         'device'):
@@ -388,7 +388,7 @@ class PerceptionNode(LifecycleNode):
             self.stats.problem('camera_info', 'invalid')
             self._warn(f'ignoring CameraInfo (the last valid one stays in use): {why}')
             return
-        self._camera = self._camera_gate.camera
+        self._geometry.update(camera=self._camera_gate.camera)
         self._camera_frame = self._camera_gate.frame_id
 
     def _on_event_packet(self, msg: Any) -> None:
@@ -430,8 +430,7 @@ class PerceptionNode(LifecycleNode):
         pipeline = self.pipeline
         if modality in PREPARED_MODALITIES and pipeline is not None and self._wanted():
             # before the set can complete: its worker then finds the tensor built
-            pipeline.prepare(modality, msg, self._camera, self._lidar_extrinsic(),
-                             self.event_sensor_hw)
+            pipeline.prepare(modality, msg, self._current_geometry())
         with self._sync_lock:
             jumps = self.sync.backward_jumps
             sets = self.sync.add(modality, stamp, msg)
@@ -445,32 +444,32 @@ class PerceptionNode(LifecycleNode):
                 'synchronisation state reset')
         if not sets:
             return
-        now = time.monotonic()
         synced = sets[-1]  # latest only: older completed sets would be skipped anyway
         if self.worker is not None:
-            self.worker.skipped += len(sets) - 1
             age_ms = (self.get_clock().now().nanoseconds - synced.stamp_ns) / 1e6
-            self._arrival[synced.stamp_ns] = (now, age_ms)
-            if len(self._arrival) > 64:
-                self._arrival.pop(next(iter(self._arrival)))
-            self.worker.submit(synced)
+            self.worker.submit((synced, age_ms), superseded=len(sets) - 1)
 
     # ------------------------------------------------------------------ inference
     def _wanted(self) -> frozenset[str]:
         pubs = self._pubs
         return frozenset(k for k in OUTPUTS if k in pubs and pubs[k].get_subscription_count())
 
-    def _lidar_extrinsic(self) -> np.ndarray:
+    def _current_geometry(self) -> SensorGeometry | None:
+        """The rig now (None before the first valid CameraInfo): the LiDAR extrinsic from
+        /tf_static when it has the pair of frames, else the parameter."""
+        extrinsic = self.T_cam_lidar_param
         lidar_frame = self.p['lidar_frame'] or self._lidar_frame_seen
         if self._camera_frame and lidar_frame:
             try:
-                return self._tf.lookup(self._camera_frame, lidar_frame)
+                extrinsic = self._tf.lookup(self._camera_frame, lidar_frame)
             except (LookupError, ValueError):  # not in /tf_static: the parameter holds
                 pass
-        return self.T_cam_lidar_param
+        return self._geometry.update(T_cam_lidar=extrinsic)
 
-    def _process(self, synced: SyncedSet) -> None:
-        started = time.monotonic()
+    def _process(self, job: Job[tuple[SyncedSet, float]]) -> None:
+        """Worker thread: one synchronised set -> outputs. `job` carries the set, its age when
+        it completed (ms, ROS clock) and the worker's submit and start times."""
+        synced, receive_ms = job.item
         pipeline = self.pipeline
         if pipeline is None:
             return
@@ -478,8 +477,8 @@ class PerceptionNode(LifecycleNode):
         if not want:
             self.stats.unsubscribed += 1
             return
-        camera = self._camera
-        if camera is None:
+        geometry = self._current_geometry()
+        if geometry is None:
             self.stats.problem('camera_info', 'missing')
             self._warn('no CameraInfo received yet: cannot align the modalities')
             return
@@ -489,25 +488,22 @@ class PerceptionNode(LifecycleNode):
             if abs(mask_stamp - synced.stamp_ns) <= self.cfg.output.robot_mask_max_age_s * 1e9:
                 robot = mask
         try:
-            result = pipeline.run(synced, camera, self._lidar_extrinsic(), robot, want,
-                                  self.event_sensor_hw)
-        except NoUsableInputError as exc:
+            result = pipeline.run(synced, geometry, robot, want)
+        except NoUsableInputError as exc:  # counted here, once: not a worker failure
             self._count_rejected(exc.errors, exc.degraded)
-            raise
+            self.stats.problem('all', 'no_usable_input')
+            self._warn(str(exc))
+            return
         self._count_rejected(result.errors, result.degraded)
         t_publish = time.monotonic()
         self._publish(synced, result)
-        arrival = self._arrival.pop(synced.stamp_ns, None)
         now = time.monotonic()
         stages = {k.removesuffix('_ms'): v for k, v in result.timings_ms.items()}
         stages['publish'] = (now - t_publish) * 1e3
-        latency = float('nan')
-        if arrival is not None:
-            completed, stages['receive'] = arrival
-            latency = (now - completed) * 1e3
-            stages['wait'] = (started - completed) * 1e3
-        self.stats.output(now, latency, stages, result.used, tuple(sorted(result.missing)),
-                          result.degraded)
+        stages['receive'] = receive_ms
+        stages['wait'] = (job.started - job.submitted) * 1e3
+        self.stats.output(now, (now - job.submitted) * 1e3, stages, result.used,
+                          tuple(sorted(result.missing)), result.degraded)
 
     def _count_rejected(self, errors: dict[str, str], degraded: dict[str, str]) -> None:
         for modality, why in errors.items():
@@ -516,15 +512,11 @@ class PerceptionNode(LifecycleNode):
         for modality in degraded:
             self.stats.problem(modality, 'degraded')
 
-    def _on_worker_error(self, exc: BaseException, synced: SyncedSet) -> None:
-        if isinstance(exc, NoUsableInputError):
-            self.stats.problem('all', 'no_usable_input')
-            self._warn(str(exc))
-        else:
-            self.stats.problem('all', 'inference_error')
-            self.get_logger().error(f'processing set {synced.stamp_ns} failed: '
-                                    f'{type(exc).__name__}: {exc}',
-                                    throttle_duration_sec=float(self.p['log_throttle_s']))
+    def _on_worker_error(self, exc: BaseException, job: Job[tuple[SyncedSet, float]]) -> None:
+        self.stats.problem('all', 'inference_error')
+        self.get_logger().error(f'processing set {job.item[0].stamp_ns} failed: '
+                                f'{type(exc).__name__}: {exc}',
+                                throttle_duration_sec=float(self.p['log_throttle_s']))
 
     def _publish(self, synced: SyncedSet, result: PerceptionResult) -> None:
         pivot = synced.messages.get(self.sync_cfg.pivot)

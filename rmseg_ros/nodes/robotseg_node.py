@@ -43,7 +43,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from rmseg_ros import conversions
-from rmseg_ros.latest_worker import LatestOnlyWorker
+from rmseg_ros.latest_worker import Job, LatestOnlyWorker
 from rmseg_ros.robotseg_stream import RobotSegStream, overlay
 
 NODE_NAME = 'robotseg'
@@ -178,14 +178,15 @@ class RobotSegNode(Node):
         if self.worker is not None:
             self.worker.submit(msg)
 
-    def _on_worker_error(self, exc: BaseException, msg: Any) -> None:
+    def _on_worker_error(self, exc: BaseException, job: Job[Any]) -> None:
         """A bad frame must not stop the node: counted, logged, the worker goes on."""
         self.errors += 1
         self.last_error = f'{type(exc).__name__}: {exc}'
         self.get_logger().error(f'frame dropped: {self.last_error}', throttle_duration_sec=2.0)
 
-    def _process(self, msg: Any) -> None:
+    def _process(self, job: Job[Any]) -> None:
         """Worker thread: decode, step the model, publish (the source header is kept)."""
+        msg = job.item
         rgb = conversions.image_to_rgb(msg)
         with self.stream_lock:
             result = self.stream.process(rgb, conversions.stamp_ns(msg))

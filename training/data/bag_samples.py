@@ -28,6 +28,7 @@ from rmseg_ros.config import config_path, from_dict, load_yaml
 from rmseg_ros.evt3 import Evt3Decoder, decode_packet
 from rmseg_ros.modalities import MODALITIES
 from rmseg_ros.preprocess import FrontendConfig, ModelInput, build_model_input, frame_from_messages
+from rmseg_ros.sensor_geometry import SensorGeometry
 from rmseg_ros.sync import ModalitySynchronizer, SyncConfig
 from rmseg_ros.transforms import TransformTree
 from training.topics import Topics
@@ -181,7 +182,7 @@ class BagSampleReader:
         if 'lidar' in messages:
             T = self._extrinsic(messages['lidar'].header.frame_id)
         try:
-            frame = frame_from_messages(synced.stamp_ns, messages, self.camera, T)
+            frame = frame_from_messages(synced.stamp_ns, messages, SensorGeometry(self.camera, T))
             model_input = build_model_input(frame, self.frontend)
         except Exception as exc:  # damaged bytes can fail in any way: one sample, not the bag
             self.stats.malformed += 1

@@ -49,12 +49,24 @@ class DataConfig:
 
 @dataclass
 class DropoutConfig:
-    """Random modality dropout: a sample keeps k of its present modalities, k uniform in
-    [min_keep, min(max_keep, present)] (AnySeg-style 1..M)."""
+    """Random modality dropout. Default: a sample keeps k of its present modalities, k uniform
+    in [min_keep, min(max_keep, present)] (AnySeg-style 1..M; the full set then gets 1/4 of the
+    samples and each single modality 1/16). With `subsets` (short names such as `R`, `RD`), a
+    sample gets one of those, uniformly, restricted to what it has: ['R'] trains an RGB-only
+    model, all 15 names weigh every subset as the 15-subset mean does."""
 
     probability: float = 1.0  # fraction of samples that get a random subset (others keep all)
     min_keep: int = 1
     max_keep: int = 4
+    subsets: tuple[str, ...] = ()  # empty: k-uniform as above
+
+    def __post_init__(self) -> None:
+        self.subsets = tuple(str(s).upper() for s in self.subsets)
+        letters = set('RDLE')
+        for name in self.subsets:
+            if not name or set(name) - letters or len(set(name)) != len(name):
+                raise ValueError(f'dropout.subsets: {name!r} is not a subset name '
+                                 '(letters of R, D, L, E, each once)')
 
 
 @dataclass

@@ -27,7 +27,7 @@ from torch import nn
 
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import to_dict
-from rmseg_ros.modalities import MODALITIES
+from rmseg_ros.modalities import INDEX, MODALITIES, SHORT
 from rmseg_ros.preprocess import FrontendConfig
 from training.engine import DistContext, Trainer, config_hash, distributed, parse_set
 from training.export import export_checkpoint, load_model
@@ -61,14 +61,32 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {m: batch[m] for m in MODALITIES}
 
 
+def _subset_masks(names: tuple[str, ...]) -> torch.Tensor:
+    """bool[S, 4] presence masks of short subset names ('RD' -> rgb, depth)."""
+    letter = {short: INDEX[m] for m, short in SHORT.items()}
+    masks = torch.zeros(len(names), len(MODALITIES), dtype=torch.bool)
+    for i, name in enumerate(names):
+        masks[i, [letter[c] for c in name]] = True
+    return masks
+
+
 def drop_modalities(presence: torch.Tensor, generator: torch.Generator, cfg: DropoutConfig
                     ) -> torch.Tensor:
     """Per sample, keep k of its present modalities (k uniform in [min_keep, min(max_keep, n)]),
-    chosen uniformly; with probability 1 - cfg.probability a sample keeps all of them."""
+    chosen uniformly, or one of `cfg.subsets` it has, uniformly; with probability
+    1 - cfg.probability a sample keeps all of them. A sample that has none of `cfg.subsets`
+    keeps what it has."""
     pres = presence.detach().to('cpu', torch.bool)
     out = pres.clone()
+    named = _subset_masks(cfg.subsets) if cfg.subsets else None
     for b in range(pres.shape[0]):
         if float(torch.rand((), generator=generator)) >= cfg.probability:
+            continue
+        if named is not None:
+            fits = torch.nonzero((named & ~pres[b]).sum(1) == 0).flatten()
+            if fits.numel():
+                pick = fits[int(torch.randint(fits.numel(), (), generator=generator))]
+                out[b] = named[pick]
             continue
         idx = torch.nonzero(pres[b]).flatten()
         n = idx.numel()
