@@ -2,6 +2,8 @@
 
 A forward here is what the Segmenter does per frame: input tensors -> stride-4 logits -> labels
 and confidence at the input size (label_maps.labels_from_logits, included in every figure).
+The model size is the shipped one (the `model` section of training/configs/rmmss.yaml) unless
+`--widths` / `--depths` / `--decoder-dim` say otherwise (the size A/B of docs/results.md).
 Random weights, all four modalities, batch 1, eval, no grad, BatchNorm folded and channels-last
 memory (the Segmenter's CPU path), `--threads` torch threads (default 2). The models run in
 alternating blocks of 10 consecutive runs (warm caches as in a node, the same machine load for
@@ -25,7 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
 def _stats(ts: list[float]) -> tuple[float, float, float]:
@@ -62,11 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--width', type=int, default=320)
     parser.add_argument('--classes', type=int, default=12)
     parser.add_argument('--widths', type=int, nargs=4, default=None, metavar='W',
-                        help='stage widths (default: FusionConfig, the shipped size)')
+                        help='stage widths (default: the `model` section of --config)')
     parser.add_argument('--depths', type=int, nargs=4, default=None, metavar='D',
-                        help='blocks per stage (default: FusionConfig)')
+                        help='blocks per stage (default: --config)')
     parser.add_argument('--decoder-dim', type=int, default=None,
-                        help='decoder channels (default: FusionConfig)')
+                        help='decoder channels (default: --config)')
+    parser.add_argument('--config', default=str(ROOT / 'training/configs/rmmss.yaml'),
+                        help='training config whose model size is timed (the shipped student)')
     parser.add_argument('--no-onnx', action='store_true', help='skip the onnxruntime figures')
     parser.add_argument('--compare-encoders', action='store_true',
                         help='also time one FusionSegNet with per-modality encoders')
@@ -85,8 +90,13 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
-        size = {k: v for k, v in (('widths', args.widths), ('depths', args.depths),
-                                  ('decoder_dim', args.decoder_dim)) if v is not None}
+        import yaml
+
+        shipped = yaml.safe_load(Path(args.config).read_text()).get('model') or {}
+        size = {k: shipped[k] for k in ('widths', 'depths', 'decoder_dim', 'attention_heads')
+                if k in shipped}
+        size.update({k: v for k, v in (('widths', args.widths), ('depths', args.depths),
+                                       ('decoder_dim', args.decoder_dim)) if v is not None})
         cfg = FusionConfig(num_classes=args.classes, **size)
 
         def deployable(model: torch.nn.Module) -> torch.nn.Module:

@@ -45,12 +45,12 @@ def _callback(node, topic):
 def test_callbacks_reject_bad_messages_and_never_raise(node):
     on_info = _callback(node, '/camera/camera_info')
     on_info(_camera_info())
-    good = node._camera
+    good = node._geometry.current.camera
     assert good is not None and good.width == 160
     for bad in (_camera_info(0, 120), _camera_info(4294967295, 4294967295),
                 _camera_info(100000, 100000)):
         on_info(bad)  # must not raise, must not replace the camera
-    assert node._camera is good
+    assert node._geometry.current.camera is good
     assert node.stats.problems[('camera_info', 'invalid')] == 3
 
     arr = np.zeros(1, dtype=[('x', '<u2'), ('y', '<u2'), ('t', '<f8'), ('p', 'i1')])
@@ -67,7 +67,7 @@ def test_callbacks_reject_bad_messages_and_never_raise(node):
     _callback(node, '/camera/camera_info')(Broken())
     assert node.stats.problems[('lidar', 'exception.RuntimeError')] == 1
     assert node.stats.problems[('camera_info', 'invalid')] == 4  # the gate's own rejection
-    assert node._camera is good
+    assert node._geometry.current.camera is good
 
 
 def test_event_sensor_size_beyond_the_limits_fails_configure(tiny_checkpoint, rclpy_context):

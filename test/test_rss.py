@@ -15,8 +15,8 @@ from training_checks import assert_thread_policy_applied
 
 from training.evaluate import confusion_matrix, mean_iou
 from training.rss import advantages as adv
-from training.rss.ablation import plan
 from training.rss.config import MethodConfig, PSRConfig, load_config
+from training.rss.plan import plan
 from training.rss.rewards import (
     BagFeedbackReward,
     match_scores,

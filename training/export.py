@@ -18,6 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from rmseg_ros.models.checkpoint import (
+    build_model,
+    export_metadata,
+    load_checkpoint,
+    save_checkpoint,
+)
 from training.engine import CHECKPOINT_KIND, list_checkpoints, model_weights
 
 log = logging.getLogger('rmseg-train.export')
@@ -42,8 +48,6 @@ def resolve_source(path: str | Path) -> Path:
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(model weights, metadata) of a training or a deployable checkpoint."""
-    from rmseg_ros.models.checkpoint import load_checkpoint
-
     tensors, meta = load_checkpoint(resolve_source(path))
     if meta.get('kind') == CHECKPOINT_KIND:
         missing = [k for k in MODEL_META_KEYS if k not in meta]
@@ -57,22 +61,23 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 def load_model(path: str | Path, device: str | torch.device = 'cpu'
                ) -> tuple[nn.Module, dict[str, Any]]:
     """Build the model a checkpoint describes and load its weights (strictly), in eval mode."""
-    from rmseg_ros.models.checkpoint import build_model
-
     weights, meta = read_checkpoint(path)
     model = build_model(meta)
     model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), meta
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, extra: dict | None = None
-                      ) -> dict[str, Any]:
-    """Write the deployable checkpoint of `src` (training checkpoint or run dir) to `dst`."""
-    from rmseg_ros.models.checkpoint import build_model, export_metadata, save_checkpoint
-
+def export_checkpoint(src: str | Path, dst: str | Path, extra: dict | None = None,
+                      carry: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Write the deployable checkpoint of `src` (training checkpoint or run dir) to `dst`.
+    A Robult-wrapped network (`net.` weights) is exported without its training-only latent
+    head and reconstructor; `carry` names training metadata kept in the export's `extra`."""
     src = resolve_source(src)
     weights, meta = read_checkpoint(src)
-    info = {'source': str(src), 'stage': meta.get('stage'), 'step': meta.get('step')}
+    if any(k.startswith('net.') for k in weights):
+        weights = {k[4:]: v for k, v in weights.items() if k.startswith('net.')}
+    info = {'source': str(src), 'stage': meta.get('stage'), 'step': meta.get('step'),
+            **{k: meta.get(k) for k in carry}}
     info.update(extra or {})
     out_meta = export_metadata(meta['arch'], meta['model'], list(meta['classes']),
                                [list(c) for c in meta['colors']], list(meta['modalities']),
@@ -83,6 +88,12 @@ def export_checkpoint(src: str | Path, dst: str | Path, extra: dict | None = Non
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dst, weights, out_meta)
     return out_meta
+
+
+def export_backbone(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """Deployable checkpoint of the FusionSegNet inside a (Robult-wrapped or plain) training
+    checkpoint, with its label fraction and Robult settings."""
+    return export_checkpoint(src, dst, carry=('label_fraction', 'robult'))
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:

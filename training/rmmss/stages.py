@@ -30,7 +30,7 @@ from rmseg_ros.config import to_dict
 from rmseg_ros.modalities import INDEX, MODALITIES, SHORT
 from rmseg_ros.preprocess import FrontendConfig
 from training.engine import DistContext, Trainer, config_hash, distributed, parse_set
-from training.export import export_checkpoint, load_model
+from training.export import export_backbone, export_checkpoint, load_model
 from training.robult.loss_config import RobultLossConfig
 
 from .config import (
@@ -133,7 +133,7 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def _check_compatible(meta: dict, classes: ClassTable, frontend: FrontendConfig, what: str
+def check_compatible(meta: dict, classes: ClassTable, frontend: FrontendConfig, what: str
                       ) -> None:
     if tuple(meta.get('classes', ())) != classes.names:
         raise ValueError(f'{what}: trained for classes {meta.get("classes")}, the config has '
@@ -287,7 +287,7 @@ def _parse(stage: str, args: argparse.Namespace, extra: list[str]
     return cfg, resolved, out
 
 
-def _metadata(cfg: RMMSSConfig, resolved: dict, frontend: FrontendConfig, classes: ClassTable,
+def run_metadata(cfg: RMMSSConfig, resolved: dict, frontend: FrontendConfig, classes: ClassTable,
               arch: str, model_cfg: dict, stage: str) -> dict[str, Any]:
     """What a training checkpoint carries so that `export` can make it deployable."""
     return {'arch': arch, 'model': model_cfg, 'classes': list(classes.names),
@@ -296,7 +296,7 @@ def _metadata(cfg: RMMSSConfig, resolved: dict, frontend: FrontendConfig, classe
             'stage': stage, 'distill': cfg.distill if stage == 'robust' else None}
 
 
-def _fusion_config(cfg: RMMSSConfig, classes: ClassTable, frontend: FrontendConfig):
+def fusion_config(cfg: RMMSSConfig, classes: ClassTable, frontend: FrontendConfig):
     from rmseg_ros.models.fusion import FusionConfig
 
     return FusionConfig.from_dict({**cfg.model, 'num_classes': len(classes.names),
@@ -342,7 +342,7 @@ def _train(stage: str, setup: Setup, model: nn.Module, loss_fn, param_groups: li
 
     trainer = Trainer(model, loss_fn, train_set, cfg.run, cfg.optim, setup.out, setup.resolved,
                       ctx=setup.ctx, param_groups=param_groups, val_fn=val_fn,
-                      checkpoint_meta=_metadata(cfg, setup.resolved, setup.frontend,
+                      checkpoint_meta=run_metadata(cfg, setup.resolved, setup.frontend,
                                                 setup.classes, arch, model_cfg, stage),
                       on_checkpoint=on_checkpoint)
     result = trainer.fit()
@@ -373,7 +373,7 @@ def _run_stage(stage: str, args: argparse.Namespace, extra: list[str], body) -> 
 def teacher_stage(setup: Setup) -> dict[str, Any]:
     from rmseg_ros.models.fusion import FusionSegNet
 
-    fcfg = _fusion_config(setup.cfg, setup.classes, setup.frontend)
+    fcfg = fusion_config(setup.cfg, setup.classes, setup.frontend)
     model = FusionSegNet(fcfg)
     return _train('teacher', setup, model, teacher_loss(setup.cfg.loss, _class_weights(setup)),
                   [{'params': list(model.parameters())}], 'fusion', fcfg.to_dict())
@@ -383,13 +383,13 @@ def robust_stage(setup: Setup) -> dict[str, Any]:
     from rmseg_ros.models.fusion import FusionSegNet
 
     cfg, lc = setup.cfg, setup.cfg.loss
-    fcfg = _fusion_config(cfg, setup.classes, setup.frontend)
+    fcfg = fusion_config(cfg, setup.classes, setup.frontend)
     model = FusionSegNet(fcfg)
     teacher = None
     if cfg.distill or cfg.init_from_teacher:
         path = cfg.predecessor('teacher')
         teacher, meta = load_model(path, setup.ctx.device)
-        _check_compatible(meta, setup.classes, setup.frontend, f'teacher {path}')
+        check_compatible(meta, setup.classes, setup.frontend, f'teacher {path}')
         freeze(teacher)
         if cfg.init_from_teacher:
             try:
@@ -402,7 +402,6 @@ def robust_stage(setup: Setup) -> dict[str, Any]:
     exporter = export_checkpoint
     if cfg.robult.enabled:  # + latent head and reconstructor; the export keeps the network only
         from training.robult.latents import RobultModel
-        from training.robult.stage import export_backbone
 
         model, exporter = RobultModel(model, cfg.robult), export_backbone
     loss_fn = robust_loss(lc, cfg.dropout, teacher, len(setup.classes.names), cfg.robult,
@@ -422,8 +421,8 @@ def fsm_stage(setup: Setup) -> dict[str, Any]:
     cfg = setup.cfg
     teacher, t_meta = load_model(cfg.predecessor('teacher'), setup.ctx.device)
     robust, r_meta = load_model(cfg.predecessor('robust'), setup.ctx.device)
-    _check_compatible(t_meta, setup.classes, setup.frontend, 'teacher')
-    _check_compatible(r_meta, setup.classes, setup.frontend, 'robust model')
+    check_compatible(t_meta, setup.classes, setup.frontend, 'teacher')
+    check_compatible(r_meta, setup.classes, setup.frontend, 'robust model')
     fsm_cfg = FSMConfig.from_dict(cfg.fsm)
     student = FSMStudent(freeze(teacher), freeze(robust), fsm_cfg)
     guard = FrozenGuard({'teacher': student.get_submodule(_find_submodule(student, teacher)),

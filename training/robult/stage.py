@@ -24,14 +24,14 @@ from torch import nn
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import to_dict
 from training.engine import DistContext, Trainer, distributed
-from training.export import MODEL_META_KEYS, load_model, read_checkpoint, resolve_source
+from training.export import export_backbone, load_model
 from training.rmmss.config import make_dataset
 from training.rmmss.stages import (
-    _check_compatible,
-    _fusion_config,
-    _metadata,
+    check_compatible,
     freeze,
+    fusion_config,
     robust_loss,
+    run_metadata,
 )
 
 from .config import RobultConfig
@@ -39,24 +39,6 @@ from .data import Downscaled, SemiSupervisedSet, collate_groups
 from .latents import RobultModel
 
 log = logging.getLogger('rmseg-train.robult')
-
-
-def export_backbone(src: str | Path, dst: str | Path) -> dict[str, Any]:
-    """Deployable checkpoint of the FusionSegNet inside a (Robult-wrapped or plain) training
-    checkpoint: the latent head and reconstructor are training-only and are left out."""
-    from rmseg_ros.models.checkpoint import build_model, export_metadata, save_checkpoint
-
-    src = resolve_source(src)
-    weights, meta = read_checkpoint(src)
-    if any(k.startswith('net.') for k in weights):
-        weights = {k[4:]: v for k, v in weights.items() if k.startswith('net.')}
-    out_meta = export_metadata(*(meta[k] for k in MODEL_META_KEYS), extra={
-        'source': str(src), 'stage': meta.get('stage'), 'step': meta.get('step'),
-        'label_fraction': meta.get('label_fraction'), 'robult': meta.get('robult')})
-    build_model(out_meta).load_state_dict(weights, strict=True)
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(dst, weights, out_meta)
-    return out_meta
 
 
 def train_set(cfg: RobultConfig, cached_frontend) -> SemiSupervisedSet:
@@ -88,7 +70,7 @@ def evaluate_subsets(model: nn.Module, dataset, num_classes: int, device: torch.
 def _teacher(cfg: RobultConfig, classes: ClassTable, frontend, device) -> nn.Module:
     path = Path(cfg.rmmss.teacher_checkpoint)
     teacher, meta = load_model(path, device)
-    _check_compatible(meta, classes, frontend, f'teacher {path}')
+    check_compatible(meta, classes, frontend, f'teacher {path}')
     return freeze(teacher)
 
 
@@ -102,7 +84,7 @@ def robult_stage(cfg: RobultConfig, resolved: dict, out: Path, ctx: DistContext
     classes = ClassTable.load(cfg.data.classes)
     cached, frontend = frontend_of(cfg.data)
     k = len(classes.names)
-    fcfg = _fusion_config(cfg, classes, frontend)
+    fcfg = fusion_config(cfg, classes, frontend)
     torch.manual_seed(cfg.run.seed)  # same initial weights for every row of an experiment
     net = FusionSegNet(fcfg)
     teacher = None
@@ -126,7 +108,7 @@ def robult_stage(cfg: RobultConfig, resolved: dict, out: Path, ctx: DistContext
             return subset_mious(module, val, cfg.validate.subsets, k, ctx.device,
                                 cfg.validate.batch_size)
 
-    meta = _metadata(cfg, resolved, frontend, classes, 'fusion', fcfg.to_dict(), 'robult')
+    meta = run_metadata(cfg, resolved, frontend, classes, 'fusion', fcfg.to_dict(), 'robult')
     meta.update(label_fraction=cfg.data.label_fraction, label_seed=cfg.data.label_seed,
                 label_unit=cfg.data.label_unit, labelled_frames=len(data.labelled_idx),
                 labelled_recordings=data.labelled_recordings, robult=cfg.robult.enabled,

@@ -19,7 +19,7 @@ import yaml
 
 from training.results import write_section
 
-from .ablation import COLDSTART, load_budget, plan
+from .plan import COLDSTART, load_budget, plan
 
 SECTION = 'rss'
 # (figure, reference row, bound, direction): the targets
