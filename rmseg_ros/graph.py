@@ -21,21 +21,16 @@ from typing import Any
 
 from rmseg_ros.camera import SizeLimits
 from rmseg_ros.config import config_path, load_yaml
+from rmseg_ros.device import BACKENDS, DEVICES
 from rmseg_ros.freshness import FreshnessConfig
 from rmseg_ros.modalities import MODALITIES
+from rmseg_ros.params import ParamSpec, qos_parameters
 from rmseg_ros.perception import InputCheckConfig, OutputConfig
 from rmseg_ros.preprocess import DegradedConfig
 from rmseg_ros.sync import SyncConfig
 
 PACKAGE = 'rmseg_ros'
 DEFAULT_WEIGHTS = 'weights/rmmss_student.safetensors'
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    name: str
-    default: Any  # bool, int, float, str, or a non-empty list of float
-    description: str
 
 
 @dataclass
@@ -115,9 +110,9 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('classes_file', '', 'Class table YAML; empty = config/classes.yaml. A checkpoint '
               'whose classes disagree is refused.'),
     ParamSpec('device', 'auto', "'auto' (CUDA when available), 'cuda' or 'cpu'. A CUDA failure "
-              'at run time falls back to the CPU for good.'),
+              'at run time falls back to the CPU for good.', choices=DEVICES),
     ParamSpec('backend', 'auto', "'torch', 'onnx' (onnxruntime; faster on CPU) or 'auto' (onnx "
-              'on CPU, torch on CUDA).'),
+              'on CPU, torch on CUDA).', choices=BACKENDS),
     ParamSpec('num_threads', 0, 'CPU threads for inference; 0 = available cores minus one '
               '(one is left for receiving and pre-processing).'),
     ParamSpec('autostart', True, 'Configure and activate on start (false: wait for lifecycle '
@@ -125,7 +120,8 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
     # topics
     ParamSpec('camera_topic', 'camera/image', 'RGB camera: sensor_msgs/Image (rgb8, bgr8, '
               'mono8, bayer_* debayered, ...) or CompressedImage (see camera_transport).'),
-    ParamSpec('camera_transport', 'raw', "'raw' (Image) or 'compressed' (CompressedImage)."),
+    ParamSpec('camera_transport', 'raw', "'raw' (Image) or 'compressed' (CompressedImage).",
+              choices=('raw', 'compressed')),
     ParamSpec('camera_info_topic', 'camera/camera_info', 'CameraInfo of the RGB camera; every '
               'modality is aligned to it.'),
     ParamSpec('depth_topic', 'depth/image', 'Depth image aligned with the camera: 32FC1 metres '
@@ -135,7 +131,8 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
               'Image or an event_camera_msgs/EventPacket (see event_format).'),
     ParamSpec('event_format', 'cloud', "'cloud' (PointCloud2 x y t p), 'image' (pre-rendered "
               "event Image) or 'packet' (event_camera_msgs/EventPacket, evt3 encoding, as the "
-              'Prophesee driver publishes; needs event_camera_msgs).'),
+              'Prophesee driver publishes; needs event_camera_msgs).',
+              choices=('cloud', 'image', 'packet')),
     ParamSpec('event_sensor_size', [0.0, 0.0], 'Event sensor [width, height] in pixels when it '
               'differs from the camera; [0, 0] = camera size.'),
     ParamSpec('use_robot_mask', False, 'Subscribe to the RobotSeg mask: robot pixels get the '
@@ -149,9 +146,7 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
               'T_camera_lidar (LiDAR points -> camera optical frame): [x, y, z, roll, pitch, '
               'yaw] (metres, radians, fixed axes) or 16 values row-major. Default: co-located, '
               'LiDAR x forward / z up. /tf_static wins when it has the transform.'),
-    ParamSpec('qos_reliability', 'best_effort', "Subscriptions' reliability: 'best_effort' "
-              "(sensor data, accepts any publisher) or 'reliable'."),
-    ParamSpec('qos_depth', 5, 'History depth of every sensor subscription.'),
+    *qos_parameters('every sensor subscription', 'best_effort', 5),
     # synchroniser (rmseg_ros.sync.SyncConfig)
     ParamSpec('sync.modalities', _csv(_SYNC.modalities), 'Comma-separated modalities to '
               'subscribe to and fuse (of rgb, depth, lidar, event).'),
@@ -177,7 +172,7 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
               'such a backward jump before anything is reset; fewer are dropped as bad stamps.'),
     # outputs (rmseg_ros.perception.OutputConfig)
     ParamSpec('output.size', _OUT.size, "'camera' (outputs at the camera resolution) or 'model' "
-              '(at the model resolution; cheaper).'),
+              '(at the model resolution; cheaper).', choices=('camera', 'model')),
     ParamSpec('output.overlay_alpha', _OUT.overlay_alpha, 'Colour mask opacity in ~/overlay.'),
     ParamSpec('output.min_confidence', _OUT.min_confidence, 'Pixels whose max softmax is below '
               'this get label 255 (unknown).'),
@@ -360,7 +355,7 @@ def build_graph(config: str = '', device: str = '', use_robotseg: str | bool = F
             name='bag_replay', executable='bag_replay_node',
             module='rmseg_ros.nodes.bag_replay_node', namespace=namespace,
             parameters={'bag': str(bag), 'wait_for_subscribers': 1,
-                        'wait_for_subscribers_timeout': 60.0, 'qos': 'reliable',
+                        'wait_for_subscribers_timeout': 60.0, 'qos_reliability': 'reliable',
                         'topics': _input_topics(params)},
             remappings=[], finishes=True))
     if robotseg:

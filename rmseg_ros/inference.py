@@ -35,6 +35,7 @@ from torch import nn
 
 from rmseg_ros.atomic_files import atomic_path
 from rmseg_ros.config import from_dict
+from rmseg_ros.device import is_cuda_failure, resolve_device
 from rmseg_ros.label_maps import labels_from_logits
 from rmseg_ros.modalities import INDEX, MODALITIES, input_channels, presence_from_names
 from rmseg_ros.models.checkpoint import load_model
@@ -70,15 +71,6 @@ def onnxruntime_offline() -> Any:
 
     ort.disable_telemetry_events()
     return ort
-
-
-def _is_cuda_failure(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    accel = getattr(torch, 'AcceleratorError', None)
-    if accel is not None and isinstance(exc, accel):
-        return True
-    return isinstance(exc, (RuntimeError, AssertionError)) and 'cuda' in str(exc).lower()
 
 
 def _file_sha256(path: Path) -> str:
@@ -171,7 +163,7 @@ class Segmenter:
         if bins != front.event_bins:
             raise ValueError(f'{path}: model expects {bins} event bins, its frontend '
                              f'{front.event_bins}')
-        dev = cls._resolve_device(device)
+        dev = resolve_device(device)
         onnx_path = None
         if backend == 'onnx':
             cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -183,15 +175,6 @@ class Segmenter:
                 logger.info('exporting %s to ONNX at %s', path, onnx_path)
                 export_onnx(model, onnx_path, hw, bins)
         return cls(model, meta, dev, fp16, backend, onnx_path, num_threads)
-
-    @staticmethod
-    def _resolve_device(device: str) -> str:
-        if device == 'auto':
-            return 'cuda' if torch.cuda.is_available() else 'cpu'
-        if device == 'cuda' and not torch.cuda.is_available():
-            logger.warning("device 'cuda' requested but CUDA is not available; using the CPU")
-            return 'cpu'
-        return device
 
     def _place(self, device: str) -> None:
         """Move the torch model to `device` in its inference form."""
@@ -283,7 +266,7 @@ class Segmenter:
         try:
             return self._forward(used, confidence)
         except Exception as exc:
-            if self.device == 'cpu' or not _is_cuda_failure(exc):
+            if self.device == 'cpu' or not is_cuda_failure(exc):
                 raise
             logger.warning('inference on %s failed (%s: %s); falling back to the CPU for good',
                            self.device, type(exc).__name__, exc)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from rmseg_ros.device import is_cuda_failure
+
 log = logging.getLogger(__name__)
 
 RESET_REASONS = ('manual', 'scene_cut', 'stamp_jump')
@@ -107,11 +109,6 @@ class StreamStats:
         return float(np.median(arr)), float(arr.max())
 
 
-def _is_cuda_failure(exc: BaseException) -> bool:
-    return 'cuda' in str(exc).lower() or type(exc).__name__ in ('OutOfMemoryError',
-                                                                 'AcceleratorError')
-
-
 class RobotSegStream:
     """Frames with stamps in, masks out; resets the tracker's memory when it should."""
 
@@ -144,7 +141,7 @@ class RobotSegStream:
         try:
             return self.tracker.step_prob(rgb)
         except (RuntimeError, AssertionError) as exc:
-            if self.tracker.device == 'cpu' or not _is_cuda_failure(exc):
+            if self.tracker.device == 'cpu' or not is_cuda_failure(exc):
                 raise
             log.warning('RobotSeg failed on %s (%s); falling back to the CPU',
                         self.tracker.device, exc)

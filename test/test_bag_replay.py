@@ -696,22 +696,16 @@ def test_cli_and_ros_arguments_are_told_apart() -> None:
     assert params == {'bag': '/b', 'remap': ['/a:=/c'], 'loop': True}
 
 
-def test_message_classes_and_qos_are_resolved() -> None:
-    from rclpy.qos import ReliabilityPolicy
+def test_message_classes_are_resolved() -> None:
     from sensor_msgs.msg import Image
 
-    from rmseg_ros.nodes.bag_replay_node import make_qos, resolve_message_class
+    from rmseg_ros.nodes.bag_replay_node import resolve_message_class
 
     assert resolve_message_class('sensor_msgs/msg/Image') == (Image, '')
     assert resolve_message_class('sensor_msgs/Image')[0] is Image
     for unavailable in ('tf2_msgs/msg/TFMessage', 'sensor_msgs/msg/NoSuchThing', 'garbage'):
         cls, why = resolve_message_class(unavailable)
         assert cls is None and why
-    assert make_qos('reliable', 7).reliability == ReliabilityPolicy.RELIABLE
-    assert make_qos('reliable', 7).depth == 7
-    assert make_qos('sensor_data', 3).reliability == ReliabilityPolicy.BEST_EFFORT
-    with pytest.raises(ValueError):
-        make_qos('fast', 1)
 
 
 def test_a_folder_of_recordings_plays_the_first_and_names_the_rest(tmp_path: Path) -> None:

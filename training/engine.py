@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from rmseg_ros.atomic_files import atomic_write, remove_stale_temp_files
 from rmseg_ros.config import merge_config  # the one merge rule of every config (re-exported)
+from rmseg_ros.device import resolve_device as device_name
 from training.run import machine
 
 log = logging.getLogger('rmseg-train')
@@ -199,14 +200,9 @@ class DistContext:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> CUDA when available (one GPU per process under torchrun), else CPU."""
-    if name == 'auto':
-        name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if name == 'cuda':
-        if not torch.cuda.is_available():
-            raise RuntimeError('device cuda requested but CUDA is not available')
-        return torch.device('cuda', local_rank % torch.cuda.device_count())
-    return torch.device(name)
+    """rmseg_ros.device policy for training: 'auto' -> CUDA when available (one GPU per process
+    under torchrun), else CPU; CUDA asked for but missing is an error, not a slow CPU run."""
+    return torch.device(device_name(name, fallback=False, local_rank=local_rank))
 
 
 @contextlib.contextmanager

@@ -15,31 +15,17 @@ is unusable, 1 on any other failure.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
 import json
-import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-    qos_profile_sensor_data,
-)
 
 from rmseg_ros.bag_replay import (
     BagReplay,
@@ -49,41 +35,35 @@ from rmseg_ros.bag_replay import (
     SkippedRecord,
     parse_remap,
 )
+from rmseg_ros.nodes.common import declare_parameters, make_qos, parameter_values, run_node
+from rmseg_ros.params import QOS_RELIABILITIES, ParamSpec, qos_parameters
 
 NODE_NAME = 'bag_replay'
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
-def _desc(text: str, *, dynamic: bool = False) -> ParameterDescriptor:
-    return ParameterDescriptor(description=text, dynamic_typing=dynamic)
+def _spec(name: str, default: Any, description: str, **kw: Any) -> ParamSpec:
+    return ParamSpec(name, default, description, read_only=True, **kw)  # read at start only
 
 
-# name -> (default or type, descriptor). Doubles are dynamically typed so that `rate:=2` (an
-# integer on the command line) is accepted; they are checked and converted when read.
-PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
-    'bag': ('', _desc('Path of the rosbag2 directory (mcap or sqlite3 storage) to replay, or a '
-                      'folder holding recordings (the first, sorted by path, is played).')),
-    'rate': (1.0, _desc('Playback speed factor (> 0): 2.0 plays twice as fast.', dynamic=True)),
-    'loop': (False, _desc('Start again from start_offset when the bag ends.')),
-    'start_offset': (0.0, _desc('Seconds into the bag (from its first record) to start at.',
-                                dynamic=True)),
-    'topics': (Parameter.Type.STRING_ARRAY,
-               _desc('Bag topics to replay (names as recorded); unset or empty = all.')),
-    'remap': (Parameter.Type.STRING_ARRAY,
-              _desc("Topic renames as 'from:=to' (from = name in the bag).")),
-    'publish_clock': (False, _desc('Publish rosgraph_msgs/Clock on /clock with the recorded '
-                                   'log time of each record, just before it.')),
-    'qos': ('reliable', _desc("Publisher QoS: 'reliable' (volatile, keep last) or "
-                              "'sensor_data' (best effort).")),
-    'qos_depth': (50, _desc('History depth of every data publisher.')),
-    'wait_for_subscribers': (0, _desc('Before starting, wait until every data publisher has at '
-                                      'least this many subscribers (0 = do not wait), so no '
-                                      'early record is lost.')),
-    'wait_for_subscribers_timeout': (10.0, _desc('Seconds to wait for subscribers; then start '
-                                                 'anyway with a warning.', dynamic=True)),
-    'exit_when_done': (True, _desc('Exit (status 0) when the bag has been played; false keeps '
-                                   'the node alive until shutdown.')),
-}
+PARAMETERS: tuple[ParamSpec, ...] = (
+    _spec('bag', '', 'Path of the rosbag2 directory (mcap or sqlite3 storage) to replay, or a '
+          'folder holding recordings (the first, sorted by path, is played).'),
+    _spec('rate', 1.0, 'Playback speed factor (> 0): 2.0 plays twice as fast.'),
+    _spec('loop', False, 'Start again from start_offset when the bag ends.'),
+    _spec('start_offset', 0.0, 'Seconds into the bag (from its first record) to start at.'),
+    _spec('topics', [], 'Bag topics to replay (names as recorded); unset or empty = all.'),
+    _spec('remap', [], "Topic renames as 'from:=to' (from = name in the bag)."),
+    _spec('publish_clock', False, 'Publish rosgraph_msgs/Clock on /clock with the recorded log '
+          'time of each record, just before it.'),
+    *qos_parameters('every data publisher', 'reliable', 50, read_only=True),
+    _spec('wait_for_subscribers', 0, 'Before starting, wait until every data publisher has at '
+          'least this many subscribers (0 = do not wait), so no early record is lost.'),
+    _spec('wait_for_subscribers_timeout', 10.0, 'Seconds to wait for subscribers; then start '
+          'anyway with a warning.'),
+    _spec('exit_when_done', True, 'Exit (status 0) when the bag has been played; false keeps '
+          'the node alive until shutdown.'),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--remap', nargs='+', metavar='FROM:=TO', help='rename topics')
     parser.add_argument('--clock', dest='publish_clock', action='store_true', default=None,
                         help='publish /clock with the recorded time')
-    parser.add_argument('--qos', choices=['reliable', 'sensor_data'], help='publisher QoS')
+    parser.add_argument('--qos', dest='qos_reliability', choices=QOS_RELIABILITIES,
+                        help='publisher reliability (qos_reliability)')
     parser.add_argument('--qos-depth', type=int, help='publisher history depth')
     parser.add_argument('--wait-for-subscribers', type=int, metavar='N',
                         help='wait for N subscribers on every topic before starting')
@@ -163,20 +144,6 @@ def resolve_message_class(msgtype: str) -> tuple[type | None, str]:
     return cls, ''
 
 
-def make_qos(kind: str, depth: int) -> QoSProfile:
-    if depth < 1:
-        raise ValueError(f'qos_depth must be >= 1, got {depth}')
-    if kind == 'reliable':
-        return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
-                          reliability=ReliabilityPolicy.RELIABLE,
-                          durability=DurabilityPolicy.VOLATILE)
-    if kind == 'sensor_data':
-        qos = copy.copy(qos_profile_sensor_data)
-        qos.depth = depth
-        return qos
-    raise ValueError(f"qos must be 'reliable' or 'sensor_data', got {kind!r}")
-
-
 def format_summary(counts: ReplayCounts, elapsed_s: float) -> str:
     """One parseable line: totals first, then per-topic counts as JSON."""
     return (f'summary: published={counts.total_published} '
@@ -196,25 +163,26 @@ class BagReplayNode(Node):
     def __init__(self, *, context: Any = None,
                  parameter_overrides: list[Parameter] | None = None) -> None:
         super().__init__(NODE_NAME, context=context, parameter_overrides=parameter_overrides)
-        for name, (default, descriptor) in PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
+        declare_parameters(self, PARAMETERS)
+        try:
+            p = parameter_values(self, PARAMETERS)
+        except ValueError as exc:
+            raise BagReplayError(f'bad option: {exc}') from None
         self._warned_topics: set[str] = set()
         self.elapsed_s = 0.0
 
-        bag = str(self._get('bag') or '')
+        bag = p['bag']
         if not bag:
             raise BagReplayError("no bag given: pass BAG, --bag or '-p bag:=PATH'")
-        rate = self._get_float('rate')
-        start_offset = self._get_float('start_offset')
-        timeout = self._get_float('wait_for_subscribers_timeout')
-        self.wait_for = int(self._get('wait_for_subscribers'))
-        self.wait_timeout = timeout
-        self.exit_when_done = bool(self._get('exit_when_done'))
+        rate, start_offset = p['rate'], p['start_offset']
+        self.wait_for = p['wait_for_subscribers']
+        self.wait_timeout = p['wait_for_subscribers_timeout']
+        self.exit_when_done = p['exit_when_done']
         try:
-            remap = parse_remap(self._get('remap') or [])
-            qos = make_qos(str(self._get('qos')), int(self._get('qos_depth')))
-            self.replay = BagReplay(bag, topics=self._get('topics') or [], rate=rate,
-                                    start_offset=start_offset, loop=bool(self._get('loop')),
+            remap = parse_remap(p['remap'] or [])
+            qos = make_qos(p['qos_reliability'], p['qos_depth'])
+            self.replay = BagReplay(bag, topics=p['topics'] or [], rate=rate,
+                                    start_offset=start_offset, loop=p['loop'],
                                     remap=remap, on_skip=self._on_skip)
         except ValueError as exc:
             raise BagReplayError(f'bad option: {exc}') from None
@@ -246,7 +214,7 @@ class BagReplayNode(Node):
             self.publishers_by_topic[summary.topic] = self.create_publisher(
                 cls, summary.topic, qos)
         self.clock_pub = None
-        if self._get('publish_clock'):
+        if p['publish_clock']:
             from rosgraph_msgs.msg import Clock
             self.clock_pub = self.create_publisher(Clock, '/clock', 10)
             self._clock_msg = Clock()
@@ -258,20 +226,6 @@ class BagReplayNode(Node):
             f'start: bag={bag} topics=({topics or "none"}) duration_s='
             f'{self.replay.duration_s:.3f} start_offset_s={start_offset:g} rate={rate:g} '
             f'loop={self.replay.loop} clock={self.clock_pub is not None}')
-
-    # -- parameters ------------------------------------------------------------------------
-    def _get(self, name: str) -> Any:
-        try:
-            return self.get_parameter(name).value
-        except ParameterUninitializedException:
-            return None
-
-    def _get_float(self, name: str) -> float:
-        value = self._get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BagReplayError(f'bad option: parameter {name!r} must be a number, got '
-                                 f'{value!r}')
-        return float(value)
 
     # -- reporting -------------------------------------------------------------------------
     def _warn_topic(self, topic: str, text: str) -> None:
@@ -332,38 +286,16 @@ class BagReplayNode(Node):
         super().destroy_node()
 
 
-def _spin_until(node: Node, executor: SingleThreadedExecutor, worker: threading.Thread,
-                keep_alive: bool) -> None:
-    while rclpy.ok(context=node.context) and (keep_alive or worker.is_alive()):
-        executor.spin_once(timeout_sec=0.1)
-
-
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     ours, ros_args = split_ros_args(argv[1:])
     ns = build_parser().parse_args(ours)  # --help exits here, before ROS starts
     overrides = cli_to_parameters(ns)
-    # SIGTERM (how launchers and test fixtures stop children) ends playback like Ctrl-C, so the
-    # summary line is still written; rclpy's own handler chains to this one.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    context = rclpy.Context()
-    rclpy.init(args=argv[:1] + ros_args, context=context)
-    logger = get_logger(NODE_NAME)
-    node: BagReplayNode | None = None
-    status = EXIT_OK
-    try:
-        try:
-            node = BagReplayNode(context=context, parameter_overrides=overrides)
-        except BagReplayError as exc:
-            logger.error(f'cannot start: {exc}')
-            return EXIT_BAD_INPUT
-        except Exception as exc:  # e.g. an invalid remapped topic name
-            logger.error(f'cannot start: {type(exc).__name__}: {exc}')
-            return EXIT_FAILURE
+
+    def body(node: BagReplayNode, spin: Any) -> int:
+        """Play on a thread of its own while the executor spins (parameter services); a stop
+        request (KeyboardInterrupt from SIGINT/SIGTERM) ends playback, and the summary line is
+        still written."""
         stop = threading.Event()
         failure: list[BaseException] = []
 
@@ -374,30 +306,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failure.append(exc)
 
         worker = threading.Thread(target=work, name='bag_replay', daemon=True)
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
         worker.start()
         try:
-            _spin_until(node, executor, worker, keep_alive=False)
+            spin(until=lambda: not worker.is_alive())
             if worker.is_alive():  # shutdown requested while playing
                 stop.set()
             worker.join()
-            if failure:
-                exc = failure[0]
-                logger.error(f'replay failed: {type(exc).__name__}: {exc}')
-                status = EXIT_BAD_INPUT if isinstance(exc, BagReplayError) else EXIT_FAILURE
-            elif not node.exit_when_done:
-                _spin_until(node, executor, worker, keep_alive=True)
-        except (KeyboardInterrupt, ExternalShutdownException):
+        except KeyboardInterrupt:
             stop.set()
             worker.join(timeout=5.0)
-        finally:
-            executor.shutdown(timeout_sec=1.0)
-    finally:
-        if node is not None:
-            node.destroy_node()
-        context.try_shutdown()
-    return status
+            return EXIT_OK
+        if failure:
+            exc = failure[0]
+            node.get_logger().error(f'replay failed: {type(exc).__name__}: {exc}')
+            return EXIT_BAD_INPUT if isinstance(exc, BagReplayError) else EXIT_FAILURE
+        if not node.exit_when_done:
+            spin()
+        return EXIT_OK
+
+    return run_node(
+        lambda context: BagReplayNode(context=context, parameter_overrides=overrides),
+        argv[:1] + ros_args, name=NODE_NAME, body=body,
+        start_failure=lambda exc: EXIT_BAD_INPUT if isinstance(exc, BagReplayError)
+        else EXIT_FAILURE)
 
 
 if __name__ == '__main__':

@@ -34,7 +34,7 @@ from std_msgs.msg import String
 
 from rmseg_ros import conversions
 from rmseg_ros.bag_qos import LATCHED_QOS
-from rmseg_ros.nodes.runner import spin_node, split_argv
+from rmseg_ros.nodes.common import run_node, split_argv
 
 # output -> (message class, ROS type name); topics are <node>/<output>
 OUTPUTS = {'labels': (Image, 'sensor_msgs/msg/Image'),
@@ -157,8 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument('--out', required=True, help='output folder')
     ap.add_argument('--node', default='/perception', help='perception node to record')
     opts = ap.parse_args(ours)
-    return spin_node(lambda ctx: DemoRecorder(Path(opts.out), opts.node, ctx), argv,
-                     on_exit=lambda node: node.close())
+    return run_node(lambda ctx: DemoRecorder(Path(opts.out), opts.node, ctx), argv,
+                    name='demo_recorder', on_exit=lambda node: node.close())
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 """`perception_node`: robust multi-modal segmentation over ROS 2 (a lifecycle node).
 
-configure: declares the parameters (rmseg_ros.graph.PERCEPTION_PARAMETERS), loads the class table
+construction declares the parameters (rmseg_ros.graph.PERCEPTION_PARAMETERS, so `ros2 param
+list` shows them before any transition); configure reads and checks them, loads the class table
 and the checkpoint, builds the synchroniser; activate: subscribes, publishes, starts the
 inference worker; deactivate: stops them and frees the device; cleanup: forgets the model. With
 `autostart` (default) the node configures and activates itself.
@@ -18,7 +19,6 @@ Run:  perception_node --ros-args -p checkpoint:=weights/rmmss_student.safetensor
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 import time
@@ -27,15 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
@@ -44,6 +41,7 @@ from rmseg_ros import conversions
 from rmseg_ros.camera import SizeLimits
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import share_path
+from rmseg_ros.device import resolve_backend
 from rmseg_ros.diagnostics import PerceptionStats, statuses
 from rmseg_ros.evt3 import Evt3Decoder, decode_packet
 from rmseg_ros.freshness import FreshnessConfig, FreshnessPolicy
@@ -56,7 +54,13 @@ from rmseg_ros.graph import (
 )
 from rmseg_ros.latest_worker import Job, LatestOnlyWorker
 from rmseg_ros.modalities import MODALITIES
-from rmseg_ros.nodes.runner import raise_keyboard_interrupt, split_argv
+from rmseg_ros.nodes.common import (
+    declare_parameters,
+    make_qos,
+    parameter_values,
+    run_node,
+    split_argv,
+)
 from rmseg_ros.perception import (
     OUTPUTS,
     InputCheckConfig,
@@ -69,7 +73,7 @@ from rmseg_ros.perception import (
 )
 from rmseg_ros.prepared_inputs import PREPARED_MODALITIES
 from rmseg_ros.preprocess import DROP, FEED, DegradedConfig
-from rmseg_ros.runtime import inference_threads, tune_malloc
+from rmseg_ros.runtime import inference_threads
 from rmseg_ros.sensor_geometry import GeometryTracker, SensorGeometry
 from rmseg_ros.sync import SyncedSet
 from rmseg_ros.sync_failover import FailoverSynchronizer
@@ -107,9 +111,7 @@ class PerceptionNode(LifecycleNode):
                  parameter_overrides: list[Parameter] | None = None) -> None:
         super().__init__(node_name, context=context, namespace=namespace or None,
                          parameter_overrides=parameter_overrides)
-        self.declare_parameter('autostart', True, ParameterDescriptor(
-            description=next(p.description for p in PERCEPTION_PARAMETERS
-                             if p.name == 'autostart')))
+        declare_parameters(self, PERCEPTION_PARAMETERS)
         self.stats = PerceptionStats()
         self.enabled = True
         self.pipeline: PerceptionPipeline | None = None
@@ -127,24 +129,17 @@ class PerceptionNode(LifecycleNode):
         self._sync_lock = threading.Lock()
 
     # ------------------------------------------------------------------ parameters
-    def _declare_all(self) -> None:
-        for spec in PERCEPTION_PARAMETERS:
-            if not self.has_parameter(spec.name):
-                self.declare_parameter(spec.name, spec.default,
-                                       ParameterDescriptor(description=spec.description))
-
     def _params(self) -> dict[str, Any]:
-        return {spec.name: self.get_parameter(spec.name).value for spec in PERCEPTION_PARAMETERS}
+        """The current values, converted and checked against their choices."""
+        return parameter_values(self, PERCEPTION_PARAMETERS)
 
     def _checkpoint_path(self, p: dict[str, Any]) -> Path:
         return Path(p['checkpoint']) if p['checkpoint'] else share_path(DEFAULT_WEIGHTS)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._declare_all()
-        p = self._params()
-        self.p = p
         try:
+            p = self.p = self._params()
             self.classes = ClassTable.load(p['classes_file'] or None)
             self.sync_cfg = sync_config_from_parameters(p)
             drop = set(parse_csv(p['degraded.drop']))
@@ -164,15 +159,6 @@ class PerceptionNode(LifecycleNode):
                 self.event_sensor_hw = (h, w)
             self._geometry.update(event_sensor_hw=self.event_sensor_hw)
             self._camera_gate = conversions.CameraInfoGate(self.limits)
-            for key in ('camera_transport', 'event_format', 'qos_reliability', 'backend',
-                        'device'):
-                allowed = {'camera_transport': ('raw', 'compressed'),
-                           'event_format': ('cloud', 'image', 'packet'),
-                           'qos_reliability': ('best_effort', 'reliable'),
-                           'backend': ('auto', 'torch', 'onnx'),
-                           'device': ('auto', 'cuda', 'cpu')}[key]
-                if p[key] not in allowed:
-                    raise ValueError(f'{key} must be one of {allowed}, got {p[key]!r}')
             if p['event_format'] == 'packet' and 'event' in self.sync_cfg.modalities:
                 event_packet_class()  # refuses now, not at activation, when it is missing
             self._load_model()
@@ -195,13 +181,8 @@ class PerceptionNode(LifecycleNode):
         from rmseg_ros.models.checkpoint import check_file
 
         p = self.p
-        backend = p['backend']
         device = p['device']
-        if backend == 'auto':
-            import torch
-
-            on_cuda = device == 'cuda' or (device == 'auto' and torch.cuda.is_available())
-            backend = 'torch' if on_cuda else 'onnx'
+        backend = resolve_backend(p['backend'], device)
         path = self._checkpoint_path(p)
         check_file(path)  # says what a directory or /dev/zero is, instead of "missing"
         self.segmenter = Segmenter.from_checkpoint(
@@ -253,10 +234,7 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------ endpoints
     def _qos(self) -> QoSProfile:
-        reliable = self.p['qos_reliability'] == 'reliable'
-        return QoSProfile(depth=int(self.p['qos_depth']), history=HistoryPolicy.KEEP_LAST,
-                          reliability=ReliabilityPolicy.RELIABLE if reliable
-                          else ReliabilityPolicy.BEST_EFFORT)
+        return make_qos(self.p['qos_reliability'], self.p['qos_depth'])
 
     def _events(self, topic: str) -> SubscriptionEventCallbacks:
         def incompatible(info: Any) -> None:
@@ -603,33 +581,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     build_parser().parse_args(split_argv(argv)[0])  # --help exits here, before ROS starts
-    tune_malloc()  # measured: model-input build 10.5 -> 3.5 ms on the synthetic rig's frames
-    context = rclpy.Context()
-    rclpy.init(args=argv, context=context)
-    # after init (rclpy's handlers did not end spin() on our own context): a stop request from
-    # a launcher is seen between the bounded waits below, as in nodes/runner.py
-    signal.signal(signal.SIGINT, raise_keyboard_interrupt)
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    node = PerceptionNode(context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    status = 0
-    try:
-        if node.get_parameter('autostart').value:
-            if node.trigger_configure() != SUCCESS or node.trigger_activate() != SUCCESS:
-                get_logger(NODE_NAME).error('autostart failed (see above)')
-                return 2
-        while context.ok():
-            executor.spin_once(timeout_sec=0.2)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
+
+    def body(node: PerceptionNode, spin: Any) -> int:
+        if node.get_parameter('autostart').value and (
+                node.trigger_configure() != SUCCESS or node.trigger_activate() != SUCCESS):
+            get_logger(NODE_NAME).error('autostart failed (see above)')
+            return 2
+        spin()
+        return 0
+
+    def on_exit(node: PerceptionNode) -> None:
         if node.worker is not None:
             node.worker.stop()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        context.try_shutdown()
-    return status
+
+    return run_node(lambda context: PerceptionNode(context=context), argv, name=NODE_NAME,
+                    body=body, on_exit=on_exit)
 
 
 if __name__ == '__main__':

@@ -17,87 +17,99 @@ Run:  robotseg_node --ros-args -p checkpoint:=weights/robotseg.safetensors
 
 from __future__ import annotations
 
-import copy
-import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-    qos_profile_sensor_data,
-)
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from rmseg_ros import conversions
+from rmseg_ros.device import DEVICES
 from rmseg_ros.latest_worker import Job, LatestOnlyWorker
+from rmseg_ros.nodes.common import declare_parameters, make_qos, parameter_values, run_node
+from rmseg_ros.params import ParamSpec, qos_parameters
 from rmseg_ros.robotseg_stream import RobotSegStream, overlay
 
 NODE_NAME = 'robotseg'
 DEFAULT_CHECKPOINT = 'weights/robotseg.safetensors'
 
 
-def _desc(text: str, *, dynamic: bool = False) -> ParameterDescriptor:
-    return ParameterDescriptor(description=text, dynamic_typing=dynamic)
+def _spec(name: str, default: Any, description: str, **kw: Any) -> ParamSpec:
+    return ParamSpec(name, default, description, read_only=True, **kw)  # read at start only
 
 
-# name -> (default, descriptor); doubles are dynamically typed so that `x:=1` is accepted
-PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
-    'checkpoint': (DEFAULT_CHECKPOINT, _desc(
-        'RobotSeg checkpoint (safetensors + JSON metadata, written by rmseg-train robotseg).')),
-    'device': ('auto', _desc("'auto' (CUDA when available), 'cuda' or 'cpu'; a CUDA failure "
-                             'falls back to the CPU.')),
-    'threads': (0, _desc('torch CPU threads (0 = torch default).')),
-    'memory_size': (0, _desc('K: frames kept in memory (1..the K the model was trained with; '
-                             '0 = that K).')),
-    'threshold': (0.5, _desc('Robot probability above which a pixel is robot.', dynamic=True)),
-    'mask_value': (1, _desc('Value of robot pixels in ~/robot_mask (background is 0); 1 as '
-                            'in the labels/robot topic of the training bags, 255 to view it.')),
-    'compressed': (False, _desc('Subscribe to a sensor_msgs/CompressedImage instead of an '
-                                'Image.')),
-    'qos': ('sensor_data', _desc("Camera subscription QoS: 'sensor_data' (best effort, matches "
-                                 "any publisher) or 'reliable'.")),
-    'queue_depth': (1, _desc('Camera subscription history depth (1 = newest frame only).')),
-    'publish_overlay': (True, _desc('Publish ~/overlay (RGB with the mask blended in).')),
-    'overlay_alpha': (0.5, _desc('Blend factor of the overlay colour.', dynamic=True)),
-    'overlay_color': ([255, 64, 0], _desc('Overlay colour (R, G, B).')),
-    'scene_cut_threshold': (0.3, _desc(
-        'Reset the memory when the mean absolute difference of consecutive, brightness-'
-        'normalised grey thumbnails exceeds this (0..1; 0 disables).', dynamic=True)),
-    'reset_on_stamp_jump': (True, _desc('Reset the memory when a frame is stamped earlier than '
-                                        'the previous one (bag loop, clock reset).')),
-    'stamp_jump_tolerance': (0.0, _desc('Seconds a stamp may go backwards without a reset.',
-                                        dynamic=True)),
-    'diagnostics_period': (1.0, _desc('Seconds between /diagnostics messages (0 disables).',
-                                      dynamic=True)),
-}
+PARAMETERS: tuple[ParamSpec, ...] = (
+    _spec('checkpoint', DEFAULT_CHECKPOINT, 'RobotSeg checkpoint (safetensors + JSON metadata, '
+          'written by rmseg-train robotseg).'),
+    _spec('device', 'auto', "'auto' (CUDA when available), 'cuda' or 'cpu'; a CUDA failure "
+          'falls back to the CPU.', choices=DEVICES),
+    _spec('threads', 0, 'torch CPU threads (0 = torch default).'),
+    _spec('memory_size', 0, 'K: frames kept in memory (1..the K the model was trained with; '
+          '0 = that K).'),
+    _spec('threshold', 0.5, 'Robot probability above which a pixel is robot.'),
+    _spec('mask_value', 1, 'Value of robot pixels in ~/robot_mask (background is 0); 1 as in '
+          'the labels/robot topic of the training bags, 255 to view it.'),
+    _spec('compressed', False, 'Subscribe to a sensor_msgs/CompressedImage instead of an '
+          'Image.'),
+    *qos_parameters('the camera subscription', 'best_effort', 1, read_only=True),
+    _spec('publish_overlay', True, 'Publish ~/overlay (RGB with the mask blended in).'),
+    _spec('overlay_alpha', 0.5, 'Blend factor of the overlay colour.'),
+    _spec('overlay_color', [255.0, 64.0, 0.0], 'Overlay colour (R, G, B).'),
+    _spec('scene_cut_threshold', 0.3, 'Reset the memory when the mean absolute difference of '
+          'consecutive, brightness-normalised grey thumbnails exceeds this (0..1; 0 '
+          'disables).'),
+    _spec('reset_on_stamp_jump', True, 'Reset the memory when a frame is stamped earlier than '
+          'the previous one (bag loop, clock reset).'),
+    _spec('stamp_jump_tolerance', 0.0, 'Seconds a stamp may go backwards without a reset.'),
+    _spec('diagnostics_period', 1.0, 'Seconds between /diagnostics messages (0 disables).'),
+)
 
 
-def make_qos(kind: str, depth: int) -> QoSProfile:
-    if depth < 1:
-        raise ValueError(f'queue_depth must be >= 1, got {depth}')
-    if kind == 'sensor_data':
-        qos = copy.copy(qos_profile_sensor_data)
-        qos.depth = depth
-        return qos
-    if kind == 'reliable':
-        return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
-                          reliability=ReliabilityPolicy.RELIABLE,
-                          durability=DurabilityPolicy.VOLATILE)
-    raise ValueError(f"qos must be 'sensor_data' or 'reliable', got {kind!r}")
+@dataclass(frozen=True)
+class RobotSegNodeConfig:
+    """The node's settings, checked (built by `robotseg_config` from parameter values)."""
+
+    checkpoint: str
+    device: str
+    threads: int
+    memory_size: int
+    threshold: float
+    mask_value: int
+    compressed: bool
+    qos_reliability: str
+    qos_depth: int
+    publish_overlay: bool
+    overlay_alpha: float
+    overlay_color: tuple[int, int, int]
+    scene_cut_threshold: float
+    reset_on_stamp_jump: bool
+    stamp_jump_tolerance: float
+    diagnostics_period: float
+
+
+def robotseg_config(values: dict[str, Any]) -> RobotSegNodeConfig:
+    """Parameter values (rmseg_ros.params.read_parameters of PARAMETERS) -> the typed config;
+    ValueError names the parameter that is out of range."""
+    v = dict(values)
+    if not 1 <= int(v['mask_value']) <= 255:
+        raise ValueError(f"mask_value must be in 1..255, got {v['mask_value']}")
+    color = v['overlay_color']
+    if len(color) != 3 or not all(0 <= c <= 255 for c in color):
+        raise ValueError(f'overlay_color must be 3 values in 0..255, got {color}')
+    v['overlay_color'] = tuple(int(c) for c in color)
+    for name in ('threshold', 'overlay_alpha'):
+        if not 0.0 <= v[name] <= 1.0:
+            raise ValueError(f'{name} must be in 0..1, got {v[name]}')
+    if v['threads'] < 0 or v['memory_size'] < 0:
+        raise ValueError('threads and memory_size must be >= 0')
+    return RobotSegNodeConfig(**v)
 
 
 class RobotSegNode(Node):
@@ -106,17 +118,16 @@ class RobotSegNode(Node):
     def __init__(self, *, context: Any = None,
                  parameter_overrides: list[Parameter] | None = None) -> None:
         super().__init__(NODE_NAME, context=context, parameter_overrides=parameter_overrides)
-        for name, (default, descriptor) in PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
+        declare_parameters(self, PARAMETERS)
+        self.cfg = cfg = robotseg_config(parameter_values(self, PARAMETERS))
         import torch
 
         from rmseg_ros.models.robotseg import RobotSegTracker, load_robotseg, resolve_device
 
-        threads = int(self._get('threads'))
-        if threads > 0:
-            torch.set_num_threads(threads)
-        path = str(self._get('checkpoint'))
-        device = resolve_device(str(self._get('device')))
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        path = cfg.checkpoint
+        device = resolve_device(cfg.device)
         try:
             model, meta = load_robotseg(path, device)
         except Exception as exc:
@@ -125,18 +136,16 @@ class RobotSegNode(Node):
             self.get_logger().warning(f'loading on {device} failed ({exc}); using the CPU')
             device = 'cpu'
             model, meta = load_robotseg(path, device)
-        k = int(self._get('memory_size')) or model.config.memory_size
+        k = cfg.memory_size or model.config.memory_size
         tracker = RobotSegTracker(model, device=device, input_hw=tuple(meta['input_hw']),
-                                  memory_size=k, threshold=self._float('threshold'))
+                                  memory_size=k, threshold=cfg.threshold)
         self.stream = RobotSegStream(
-            tracker, scene_cut_threshold=self._float('scene_cut_threshold'),
-            stamp_jump_tolerance_ns=int(self._float('stamp_jump_tolerance') * 1e9),
-            reset_on_stamp_jump=bool(self._get('reset_on_stamp_jump')))
-        self.mask_value = int(self._get('mask_value'))
-        if not 1 <= self.mask_value <= 255:
-            raise ValueError(f'mask_value must be in 1..255, got {self.mask_value}')
-        self.overlay_color = tuple(int(v) for v in self._get('overlay_color'))
-        self.overlay_alpha = self._float('overlay_alpha')
+            tracker, scene_cut_threshold=cfg.scene_cut_threshold,
+            stamp_jump_tolerance_ns=int(cfg.stamp_jump_tolerance * 1e9),
+            reset_on_stamp_jump=cfg.reset_on_stamp_jump)
+        self.mask_value = cfg.mask_value
+        self.overlay_color = cfg.overlay_color
+        self.overlay_alpha = cfg.overlay_alpha
         self.checkpoint = path
         self.variant = str((meta.get('extra') or {}).get('variant'))
         self.errors = 0
@@ -146,32 +155,22 @@ class RobotSegNode(Node):
         self.worker: LatestOnlyWorker | None = LatestOnlyWorker(
             self._process, self._on_worker_error, 'robotseg')
 
-        msg_type = CompressedImage if self._get('compressed') else Image
-        qos = make_qos(str(self._get('qos')), int(self._get('queue_depth')))
+        msg_type = CompressedImage if cfg.compressed else Image
+        qos = make_qos(cfg.qos_reliability, cfg.qos_depth)
         out_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.mask_pub = self.create_publisher(Image, '~/robot_mask', out_qos)
         self.overlay_pub = self.create_publisher(Image, '~/overlay', out_qos) \
-            if self._get('publish_overlay') else None
+            if cfg.publish_overlay else None
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.sub = self.create_subscription(msg_type, 'camera/image', self._on_image, qos)
         self.reset_srv = self.create_service(Trigger, '~/reset', self._on_reset)
-        period = self._float('diagnostics_period')
+        period = cfg.diagnostics_period
         self.diag_timer = self.create_timer(period, self._publish_diagnostics) \
             if period > 0 else None
         self.get_logger().info(
             f'RobotSeg {path} (variant {self.variant}, input {meta["input_hw"]}, K={k}) on '
             f'{tracker.device}; camera {self.sub.topic_name} ({msg_type.__name__}, '
-            f'{self._get("qos")}) -> {self.mask_pub.topic_name}')
-
-    # -- parameters ------------------------------------------------------------------------
-    def _get(self, name: str) -> Any:
-        return self.get_parameter(name).value
-
-    def _float(self, name: str) -> float:
-        value = self._get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f'parameter {name!r} must be a number, got {value!r}')
-        return float(value)
+            f'{cfg.qos_reliability}) -> {self.mask_pub.topic_name}')
 
     # -- callbacks -------------------------------------------------------------------------
     def _on_image(self, msg: Any) -> None:
@@ -256,40 +255,14 @@ class RobotSegNode(Node):
         self.diag_pub.publish(arr)
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point (`robotseg_node`); `args` as sys.argv (ROS arguments after --ros-args)."""
-    argv = list(sys.argv if args is None else args)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    context = rclpy.Context()
-    rclpy.init(args=argv, context=context)
-    logger = get_logger(NODE_NAME)
-    node = None
-    try:
-        try:
-            node = RobotSegNode(context=context)
-        except Exception as exc:
-            logger.error(f'cannot start: {type(exc).__name__}: {exc}')
-            return 2
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
-        try:
-            t0 = time.monotonic()
-            while rclpy.ok(context=context):
-                executor.spin_once(timeout_sec=0.1)
-        except (KeyboardInterrupt, ExternalShutdownException):
-            node.get_logger().info(f'stopping after {time.monotonic() - t0:.1f} s, '
-                                   f'{node.stream.stats.frames} frames')
-        finally:
-            executor.shutdown(timeout_sec=1.0)
-    finally:
-        if node is not None:
-            node.destroy_node()
-        context.try_shutdown()
-    return 0
+    def on_exit(node: RobotSegNode) -> None:
+        node.get_logger().info(f'stopping after {node.stream.stats.frames} frames')
+        node.stop_worker()
+
+    return run_node(lambda context: RobotSegNode(context=context),
+                    list(sys.argv if args is None else args), name=NODE_NAME, on_exit=on_exit)
 
 
 if __name__ == '__main__':

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo
 
 from rmseg_ros import conversions
-from rmseg_ros.nodes.runner import spin_node, split_argv
+from rmseg_ros.nodes.common import make_qos, run_node, split_argv
+from rmseg_ros.params import QOS_RELIABILITIES
 from rmseg_ros.synthetic import MALFORMATIONS, SyntheticRig, cloud_array, event_array
 
 TOPICS = {'rgb': 'camera/image', 'depth': 'depth/image', 'lidar': 'lidar/points',
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--duration', type=float, default=0.0, help='seconds; 0 = until stopped')
     ap.add_argument('--malform', choices=MALFORMATIONS, help='publish malformed messages')
     ap.add_argument('--malform-every', type=int, default=1, help='every N-th message')
-    ap.add_argument('--reliability', choices=['reliable', 'best_effort'], default='reliable')
+    ap.add_argument('--reliability', choices=QOS_RELIABILITIES, default='reliable')
     ap.add_argument('--cache-frames', type=int, default=0, metavar='N',
                     help='render the first N camera, depth and LiDAR frames, then replay '
                          'them with fresh stamps: a driver-like publisher for benchmarks, whose '
@@ -63,9 +63,7 @@ class SyntheticSensors(Node):
         rates = opts.rates or [DEFAULT_RATES[m] for m in opts.modalities]
         if len(rates) != len(opts.modalities):
             raise SystemExit('--rates needs one value per modality')
-        rel = (ReliabilityPolicy.RELIABLE if opts.reliability == 'reliable'
-               else ReliabilityPolicy.BEST_EFFORT)
-        qos = QoSProfile(depth=5, reliability=rel)
+        qos = make_qos(opts.reliability, 5)
         self.count = dict.fromkeys(opts.modalities, 0)
         self.cached: dict[str, list] = {}  # modality -> pre-built messages (--cache-frames)
         self.pubs = {}
@@ -163,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     ours, _ = split_argv(argv)
     opts = build_parser().parse_args(ours)
-    return spin_node(lambda ctx: SyntheticSensors(opts, ctx), argv)
+    return run_node(lambda ctx: SyntheticSensors(opts, ctx), argv, name='synthetic_sensors')
 
 
 if __name__ == '__main__':

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from rmseg_ros.device import resolve_device
+
 from .config import RobotSegConfig
 from .decoder import MaskDecoder
 from .layers import ConvBNAct, ImageEncoder, sine_position_encoding
@@ -140,13 +142,6 @@ class RobotSegModel(nn.Module):
             bank.append(o.memory)
             outs.append(o.logits)
         return torch.stack(outs, 1)
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> cuda when available, else cpu; 'cuda' without CUDA falls back to the CPU."""
-    if device == 'auto' or (device.startswith('cuda') and not torch.cuda.is_available()):
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    return device
 
 
 class RobotSegTracker:
