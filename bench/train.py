@@ -88,14 +88,14 @@ def model_samples_per_s(shards: Path, steps: int) -> float:
     from rmseg_ros.modalities import MODALITIES, input_channels
     from training.engine import StepContext, Trainer
     from training.rmmss.config import class_table, frontend_of, load_config, make_dataset
-    from training.rmmss.stages import _fusion_config, teacher_loss
+    from training.rmmss.stages import fusion_config, teacher_loss
 
     cfg, resolved = load_config(None, 'teacher')
     frontend, classes = frontend_of(cfg.data), class_table(cfg.data)
     dataset = make_dataset([str(shards / '*')], frontend, augment=None, labelled_only=True)
     from rmseg_ros.models.fusion import FusionSegNet
 
-    model = FusionSegNet(_fusion_config(cfg, classes, frontend))
+    model = FusionSegNet(fusion_config(cfg, classes, frontend))
     k, b = len(classes.names), cfg.run.batch_size
     weights = torch.ones(k)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""Run infrastructure shared by every training pipeline (RMMSS, Robult, RSS, RobotSeg).
+"""The training loop shared by every pipeline (RMMSS, Robult, RSS, RobotSeg) and the end of a run.
 
 A run directory holds what is needed to trust and continue a run:
 - `config.yaml`: the resolved configuration (a resumed run must be given the same one);
@@ -20,227 +20,76 @@ seeded by (seed, rank, step), so a resumed run takes the same steps as an uninte
 
 Multi-process: start with `torchrun --nproc_per_node N`; `distributed()` reads the torchrun
 environment and picks gloo on CPU and nccl on CUDA. Only rank 0 writes files.
+
+The loop's parts live with their concept in training/run/ (config: run and optimiser sections,
+`--set`, resume checks; distributed: context, device, sampler; checkpoints: checkpoint and RNG
+I/O, metrics truncation; machine: threads and precision); their public names are re-exported
+here, where the pipelines and tests have always imported them.
 """
+
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
-import os
-import random
-import re
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from rmseg_ros.atomic_files import atomic_write, remove_stale_temp_files
 from rmseg_ros.config import merge_config  # the one merge rule of every config (re-exported)
-from rmseg_ros.device import resolve_device as device_name
 from training.run import machine
+from training.run.checkpoints import (
+    CHECKPOINT_KIND,
+    checkpoint_path,
+    jsonable,
+    latest_checkpoint,
+    list_checkpoints,
+    load_training_checkpoint,
+    model_weights,
+    rng_from_checkpoint,
+    rng_state,
+    save_training_checkpoint,
+    set_rng_state,
+    truncate_metrics,
+    unflatten_optimizer,
+)
+from training.run.config import (
+    RESUME_IGNORE,
+    OptimConfig,
+    RunConfig,
+    config_differences,
+    config_hash,
+    parse_set,
+    resolve_stage_config,
+)
+from training.run.distributed import DistContext, ResumableSampler, distributed, resolve_device
+
+__all__ = [
+    'CHECKPOINT_KIND', 'RESUME_IGNORE', 'DistContext', 'OptimConfig', 'RunConfig',
+    'StepContext', 'TrainResult', 'Trainer', 'checkpoint_path', 'config_differences',
+    'config_hash', 'distributed', 'finish_run', 'latest_checkpoint', 'list_checkpoints',
+    'load_training_checkpoint', 'merge_config', 'model_weights', 'move_to', 'parse_set',
+    'resolve_device', 'resolve_stage_config', 'scale_maps', 'truncate_metrics',
+]
 
 log = logging.getLogger('rmseg-train')
 
-CHECKPOINT_KIND = 'rmseg-train-checkpoint'
-CHECKPOINT_RE = re.compile(r'^step_(\d{8})\.safetensors$')
-MODEL_PREFIX = 'model/'
-OPTIM_PREFIX = 'optim/'
-RNG_PREFIX = 'rng/'
-# config keys (or sections) that may change when a run is resumed: they do not change what is
-# trained, only how long, where and how it is observed
-RESUME_IGNORE = ('run.steps', 'run.device', 'run.num_workers', 'run.progress', 'run.log_every',
-                 'run.ckpt_every', 'run.keep_checkpoints', 'run.val_every', 'run.threads',
-                 'run.interop_threads', 'run.channels_last', 'validate', 'evaluate')
 
-
-# ----------------------------------------------------------------------------- configs
-
-@dataclass
-class OptimConfig:
-    name: str = 'adamw'  # adamw | sgd
-    lr: float = 6e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = 0.9  # sgd only
-    schedule: str = 'poly'  # poly | cosine | constant (after warm-up)
-    poly_power: float = 0.9
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # floor of the schedule, as a fraction of lr
-    grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
-
-
-@dataclass
-class RunConfig:
-    steps: int = 1000  # optimiser steps of the whole run
-    batch_size: int = 4  # per process
-    # data-loader worker processes; -1 = one when a core is left beside the torch threads
-    # (training.run.machine), else 0 (loading in the training process)
-    num_workers: int = -1
-    # torch intra-op threads per process; 0 = tuned while the run goes between 1 and all cores
-    # over the ranks (training.run.machine.ThreadTuner; a fixed count is bit-reproducible)
-    threads: int = 0
-    interop_threads: int = 1
-    channels_last: bool = False  # model and 4-D inputs in NHWC (faster convolutions on CPU)
-    amp: str = 'off'  # auto (bf16 where the CPU has it) | bf16 | off
-    # optional low-resolution phase: the first `lowres_steps` steps see every 2-D map of the
-    # batch (inputs and labels) scaled by `lowres_scale` (nearest neighbour)
-    lowres_steps: int = 0
-    lowres_scale: float = 0.5
-    log_every: int = 10
-    ckpt_every: int = 200
-    keep_checkpoints: int = 2  # newest checkpoints kept on disk
-    val_every: int = 0  # 0: validate only at the end (when a validation function is given)
-    seed: int = 0
-    device: str = 'auto'  # auto | cpu | cuda | cuda:N
-    find_unused_parameters: bool = True  # DDP: modalities absent from a batch leave stems unused
-    progress: bool = True  # tqdm bar on rank 0
-
-
-# ----------------------------------------------------------------------------- config files
-
-def parse_set(assignments: list[str]) -> dict:
-    """`--set` values: ['a.b=1', 'c=[x, y]'] -> {'a': {'b': 1}, 'c': ['x', 'y']} (values parsed
-    as YAML). Each assignment sets its dotted path; a later one for the same path (or a parent
-    of it) wins. The result is an override like any other: `merge_config` with the run's schema
-    applies it, so `--set scene.robots.xarm6=1` makes `robots` exactly {xarm6: 1}."""
-    out: dict = {}
-    for item in assignments:
-        key, sep, value = item.partition('=')
-        if not sep or not key.strip():
-            raise ValueError(f'--set expects KEY=VALUE, got {item!r}')
-        parts = key.strip().split('.')
-        leaf = out
-        for p in parts[:-1]:
-            if not isinstance(leaf.get(p), dict):
-                leaf[p] = {}
-            leaf = leaf[p]
-        leaf[parts[-1]] = yaml.safe_load(value)
-    return out
-
-
-def resolve_stage_config(raw: dict, stage: str, smoke: bool = False, *, schema: type) -> dict:
-    """One pipeline file -> the config of one stage, for dataclass `schema`.
-
-    The file's top-level sections are shared; `stages: {name: {...}}` overrides them for one
-    stage, and `smoke: {...}` (top level, then inside the stage) shrinks a run to seconds. Each
-    override is applied with `merge_config` (sections merge, other values replace).
-    """
-    base = {k: v for k, v in raw.items() if k not in ('stages', 'smoke')}
-    stage_raw = dict((raw.get('stages') or {}).get(stage) or {})
-    stage_smoke = stage_raw.pop('smoke', None) or {}
-    out = merge_config(base, stage_raw, schema)
-    if smoke:
-        out = merge_config(out, raw.get('smoke') or {}, schema)
-        out = merge_config(out, stage_smoke, schema)
-    return out
-
-
-def config_hash(config: dict) -> str:
-    """Short, stable hash of a resolved config (goes into exported checkpoints)."""
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _flatten(d: Any, prefix: str = '') -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f'{prefix}.{k}' if prefix else str(k)))
-    return out
-
-
-def config_differences(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys whose values differ between two configs (`ignore`: keys or sections)."""
-    fa, fb = _flatten(a), _flatten(b)
-    keys = sorted(set(fa) | set(fb))
-    skip = tuple(ignore)
-    return [k for k in keys if fa.get(k) != fb.get(k)
-            and not any(k == i or k.startswith(i + '.') for i in skip)]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, text)
-
-
-# ----------------------------------------------------------------------------- distributed
-
-@dataclass
-class DistContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device('cpu'))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """rmseg_ros.device policy for training: 'auto' -> CUDA when available (one GPU per process
-    under torchrun), else CPU; CUDA asked for but missing is an error, not a slow CPU run."""
-    return torch.device(device_name(name, fallback=False, local_rank=local_rank))
-
-
-@contextlib.contextmanager
-def distributed(device: str = 'auto') -> Iterator[DistContext]:
-    """Process-group context from torchrun's environment (single process when absent)."""
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    rank = int(os.environ.get('RANK', '0'))
-    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-    dev = resolve_device(device, local_rank)
-    started = False
-    if world > 1 and not dist.is_initialized():
-        if dev.type == 'cuda':
-            torch.cuda.set_device(dev)
-        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
-        started = True
-    try:
-        yield DistContext(rank, world, local_rank, dev)
-    finally:
-        if started and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-# ----------------------------------------------------------------------------- data order
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can start inside an epoch (to resume after an interruption)."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
-                         drop_last=len(dataset) >= num_replicas)
-        self.start = 0
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.start:])
-
-    def __len__(self) -> int:
-        return max(0, self.num_samples - self.start)
-
+# ----------------------------------------------------------------------------- batches
 
 def move_to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
@@ -287,166 +136,6 @@ def _image_size(batch: Any) -> tuple[int, int] | None:
         if hw is not None:
             return hw
     return None
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def _ckpt_io():  # imported lazily: the model package is developed alongside
-    from rmseg_ros.models import checkpoint
-
-    return checkpoint
-
-
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / 'checkpoints' / f'step_{step:08d}.safetensors'
-
-
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, path) of the run's checkpoints, newest first (temporary files are ignored)."""
-    folder = Path(run_dir) / 'checkpoints'
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
-    return sorted(found, reverse=True)
-
-
-def load_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, meta = _ckpt_io().load_checkpoint(path)
-    if meta.get('kind') != CHECKPOINT_KIND:
-        raise ValueError(f'{path}: not a training checkpoint (kind {meta.get("kind")!r})')
-    return tensors, meta
-
-
-def model_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model's state dict inside a training checkpoint."""
-    n = len(MODEL_PREFIX)
-    return {k[n:]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
-
-
-def latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, torch.Tensor], dict] | None:
-    """Newest checkpoint of a run that loads; an unreadable one is skipped with a warning."""
-    for _, path in list_checkpoints(run_dir):
-        try:
-            tensors, meta = load_training_checkpoint(path)
-        except Exception as exc:  # corrupt or foreign file: fall back to the previous one
-            log.warning('%s: unreadable checkpoint skipped: %s', path, exc)
-            continue
-        return path, tensors, meta
-    return None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.item()
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """optimizer.state_dict() -> (tensors keyed optim/<param>/<key>, JSON-able rest)."""
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, entries in state['state'].items():
-        for key, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f'{OPTIM_PREFIX}{pid}/{key}'] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[key] = _jsonable(value)
-    return tensors, {'param_groups': _jsonable(state['param_groups']), 'scalars': scalars}
-
-
-def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        if name.startswith(OPTIM_PREFIX):
-            pid, key = name[len(OPTIM_PREFIX):].split('/', 1)
-            state.setdefault(int(pid), {})[key] = value
-    for pid, entries in meta.get('scalars', {}).items():
-        state.setdefault(int(pid), {}).update(entries)
-    groups = meta['param_groups']
-    for g in groups:
-        if 'betas' in g:
-            g['betas'] = tuple(g['betas'])
-    return {'state': state, 'param_groups': groups}
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        'torch': torch.get_rng_state(),
-        'cuda': [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
-        'numpy': [np_state[0], np_state[1].tolist(), *map(_jsonable, np_state[2:])],
-        'python': [py_state[0], list(py_state[1]), py_state[2]],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
-    n = state['numpy']
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
-    p = state['python']
-    random.setstate((p[0], tuple(p[1]), p[2]))
-
-
-def save_training_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                             progress: dict, rng_states: list[dict], extra_meta: dict) -> None:
-    """Write one checkpoint (atomically, as rmseg_ros.models.checkpoint writes every file)."""
-    tensors = {MODEL_PREFIX + k: v.detach().cpu().contiguous().clone()
-               for k, v in model.state_dict().items()}
-    opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
-    tensors.update(opt_tensors)
-    rng_meta = []
-    for rank, st in enumerate(rng_states):
-        tensors[f'{RNG_PREFIX}{rank}/torch'] = st['torch'].cpu()
-        for i, s in enumerate(st['cuda']):
-            tensors[f'{RNG_PREFIX}{rank}/cuda{i}'] = s.cpu()
-        rng_meta.append({'cuda': len(st['cuda']), 'numpy': st['numpy'], 'python': st['python']})
-    meta = {**extra_meta, 'kind': CHECKPOINT_KIND, **progress, 'optimizer': opt_meta,
-            'rng': rng_meta}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _ckpt_io().save_checkpoint(path, tensors, meta)  # atomic: temporary file + os.replace
-
-
-def truncate_metrics(path: Path, step: int, rerun_val: bool = False) -> int:
-    """Cut a run's metrics file back to what was logged up to `step` (the checkpoint a run
-    resumes from), so the steps it trains again are not logged twice; a line torn by a kill is
-    dropped too. Validation lines of `step` itself go when `rerun_val` (the final validation
-    will run again). Returns how many lines were removed."""
-    if not path.is_file():
-        return 0
-    lines = path.read_text(encoding='utf-8', errors='replace').splitlines()
-    kept = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        at = record.get('step') if isinstance(record, dict) else None
-        if isinstance(at, int | float) and (
-                at > step or (rerun_val and at == step and record.get('split') == 'val')):
-            continue
-        kept.append(line)
-    if len(kept) != len(lines):
-        atomic_write(path, ''.join(x + '\n' for x in kept))
-    return len(lines) - len(kept)
-
-
-def _rng_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict, rank: int) -> dict | None:
-    entries = meta.get('rng') or []
-    if rank >= len(entries):
-        return None
-    e = entries[rank]
-    return {'torch': tensors[f'{RNG_PREFIX}{rank}/torch'],
-            'cuda': [tensors[f'{RNG_PREFIX}{rank}/cuda{i}'] for i in range(e['cuda'])],
-            'numpy': e['numpy'], 'python': e['python']}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -609,13 +298,13 @@ class Trainer:
             (self.out / 'checkpoints').mkdir(parents=True, exist_ok=True)
             for stale in remove_stale_temp_files(self.out, self.out / 'checkpoints'):
                 log.info('removed %s (left by an interrupted write)', stale)
-            atomic_write_text(cfg_file, yaml.safe_dump(self.config, sort_keys=False))
+            atomic_write(cfg_file, yaml.safe_dump(self.config, sort_keys=False))
         self.ctx.barrier()
 
     def log_metrics(self, record: dict) -> None:
         if not self.ctx.is_main:
             return
-        line = json.dumps(_jsonable(record), allow_nan=True)
+        line = json.dumps(jsonable(record), allow_nan=True)
         with open(self.out / 'metrics.jsonl', 'a', encoding='utf-8') as f:
             f.write(line + '\n')
 
@@ -645,9 +334,9 @@ class Trainer:
                         meta.get('world_size'), self.ctx.world_size)
             self.batch_in_epoch = 0
             self.epoch += 1
-        rng = _rng_from_checkpoint(tensors, meta, self.ctx.rank)
+        rng = rng_from_checkpoint(tensors, meta, self.ctx.rank)
         if rng is not None:
-            _set_rng_state(rng)
+            set_rng_state(rng)
         else:
             torch.manual_seed(self.run.seed + self.ctx.rank + self.step)
         self.resumed_from = self.step
@@ -659,7 +348,7 @@ class Trainer:
 
     def save(self) -> Path:
         """Checkpoint the current state (collective: every rank must call it)."""
-        states = [_rng_state()]
+        states = [rng_state()]
         if self.ctx.distributed:  # every rank's RNG state, so each resumes its own stream
             gathered: list[Any] = [None] * self.ctx.world_size
             dist.all_gather_object(gathered, states[0])
@@ -729,7 +418,7 @@ class Trainer:
         run = self.run
         self._prepare_run_dir()
         if self.ctx.is_main:
-            atomic_write_text(self.out / 'machine.json',
+            atomic_write(self.out / 'machine.json',
                               json.dumps(self.machine_record(), indent=1))
         self._resume()
         sampler = ResumableSampler(self.train_set, self.ctx.world_size, self.ctx.rank, run.seed)
@@ -797,3 +486,28 @@ class Trainer:
             self.save()
         return TrainResult(self.step, self.last_checkpoint, self.resumed_from, last_logs,
                            last_val)
+
+
+def finish_run(ctx: DistContext, result: TrainResult, out: Path,
+               export: Callable[[Path, Path], Any], summary: dict[str, Any], *,
+               on_main: Callable[[Path, dict[str, Any]], None] | None = None,
+               summary_file: str | None = None) -> dict[str, Any]:
+    """The end of every training run: on rank 0 export the deployable model to
+    out/model.safetensors (`export(checkpoint, path)`), let `on_main(model_path, summary)` add
+    its evaluation, then write the summary to `summary_file` in `out` (or print it as JSON);
+    every rank waits for rank 0 before it returns the summary."""
+    summary = {'step': result.step, 'resumed_from': result.resumed_from,
+               'train': result.last_logs, **summary}
+    if ctx.is_main:
+        deployable = out / 'model.safetensors'
+        export(result.checkpoint, deployable)
+        summary['model'] = str(deployable)
+        if on_main is not None:
+            on_main(deployable, summary)
+        text = json.dumps(summary, indent=1, default=str)
+        if summary_file:
+            atomic_write(out / summary_file, text + '\n')
+        else:
+            print(text)
+    ctx.barrier()
+    return summary

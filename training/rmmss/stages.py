@@ -15,7 +15,6 @@ deployable checkpoint the next stage (or a node) loads.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -29,7 +28,14 @@ from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import to_dict
 from rmseg_ros.modalities import INDEX, MODALITIES, SHORT
 from rmseg_ros.preprocess import FrontendConfig
-from training.engine import DistContext, Trainer, config_hash, distributed, parse_set
+from training.engine import (
+    DistContext,
+    Trainer,
+    config_hash,
+    distributed,
+    finish_run,
+    parse_set,
+)
 from training.export import export_backbone, export_checkpoint, load_model
 from training.robult.loss_config import RobultLossConfig
 
@@ -346,16 +352,9 @@ def _train(stage: str, setup: Setup, model: nn.Module, loss_fn, param_groups: li
                                                 setup.classes, arch, model_cfg, stage),
                       on_checkpoint=on_checkpoint)
     result = trainer.fit()
-    summary = {'stage': stage, 'step': result.step, 'resumed_from': result.resumed_from,
-               'checkpoint': str(result.checkpoint), 'train': result.last_logs,
-               'val': result.last_val}
-    if setup.ctx.is_main:
-        deployable = setup.out / 'model.safetensors'
-        exporter(result.checkpoint, deployable)
-        summary['model'] = str(deployable)
-        print(json.dumps(summary, indent=1, default=str))
-    setup.ctx.barrier()
-    return summary
+    return finish_run(setup.ctx, result, setup.out, exporter,
+                      {'stage': stage, 'checkpoint': str(result.checkpoint),
+                       'val': result.last_val})
 
 
 def _run_stage(stage: str, args: argparse.Namespace, extra: list[str], body) -> int:

@@ -16,7 +16,7 @@ from torch import nn
 
 from rmseg_ros.config import to_dict
 from rmseg_ros.models.robotseg import MemoryBank, RobotSegConfig, RobotSegModel, save_robotseg
-from training.engine import Trainer, config_hash, distributed
+from training.engine import Trainer, config_hash, distributed, finish_run
 from training.export import read_checkpoint, resolve_source
 
 from .clips import ClipDataset, load_videos
@@ -131,14 +131,9 @@ def train_variant(cfg: RobotSegTrainConfig, resolved: dict, out: Path) -> dict[s
                           cfg.optim, out, resolved, ctx=ctx,
                           checkpoint_meta=checkpoint_metadata(cfg, resolved, mcfg))
         result = trainer.fit()
-        summary = {'variant': cfg.variant, 'step': result.step,
-                   'resumed_from': result.resumed_from, 'train': result.last_logs,
-                   'videos': len(videos), 'frames': n_frames, 'labelled_frames': labelled}
-        if ctx.is_main:
-            summary['model'] = str(export(out, out / 'model.safetensors'))
-            (out / 'summary.json').write_text(json.dumps(summary, indent=1, default=str))
-        ctx.barrier()
-    return summary
+        return finish_run(ctx, result, out, lambda _checkpoint, dst: export(out, dst),
+                          {'variant': cfg.variant, 'videos': len(videos), 'frames': n_frames,
+                           'labelled_frames': labelled}, summary_file='summary.json')
 
 
 def build_parser() -> argparse.ArgumentParser:

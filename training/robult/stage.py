@@ -23,7 +23,7 @@ from torch import nn
 
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import to_dict
-from training.engine import DistContext, Trainer, distributed
+from training.engine import DistContext, Trainer, distributed, finish_run
 from training.export import export_backbone, load_model
 from training.rmmss.config import make_dataset
 from training.rmmss.stages import (
@@ -121,20 +121,15 @@ def robult_stage(cfg: RobultConfig, resolved: dict, out: Path, ctx: DistContext
     labels = {'labelled_frames': len(data.labelled_idx), 'frames': len(data.selected),
               'label_unit': cfg.data.label_unit,
               'labelled_recordings': data.labelled_recordings}
-    summary: dict[str, Any] = {
-        'stage': 'robult', 'step': result.step, 'resumed_from': result.resumed_from,
-        'checkpoint': str(result.checkpoint), 'train': result.last_logs, 'val': result.last_val,
-        **labels}
-    if ctx.is_main:
-        deployable = out / 'model.safetensors'
-        export_backbone(result.checkpoint, deployable)
-        summary['model'] = str(deployable)
+
+    def evaluate_export(deployable: Path, summary: dict[str, Any]) -> None:
         if cfg.evaluate.enabled:
             summary['eval'] = str(write_evaluation(cfg, deployable, cached, out, ctx.device,
                                                    labels))
-        print(json.dumps(summary, indent=1, default=str))
-    ctx.barrier()
-    return summary
+
+    return finish_run(ctx, result, out, export_backbone,
+                      {'stage': 'robult', 'checkpoint': str(result.checkpoint),
+                       'val': result.last_val, **labels}, on_main=evaluate_export)
 
 
 def write_evaluation(cfg: RobultConfig, checkpoint: Path, cached_frontend, out: Path,

@@ -11,7 +11,6 @@ including the FSM student, whose trainable part is fine-tuned). The last layer g
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from rmseg_ros.config import to_dict
 from rmseg_ros.modalities import MODALITIES
 from rmseg_ros.models.fusion import input_hw, upsample
 from rmseg_ros.preprocess import FrontendConfig
-from training.engine import DistContext, Trainer, config_hash
+from training.engine import DistContext, Trainer, config_hash, finish_run
 from training.evaluate import confusion_matrix, iou_per_class, mean_iou
 from training.export import export_checkpoint, load_model
 from training.rmmss.config import class_table, frontend_of, make_dataset
@@ -272,20 +271,16 @@ def train(cfg: RSSConfig, resolved: dict, out: Path, ctx: DistContext | None = N
     t0 = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - t0
-    summary: dict[str, Any] = {}
-    if ctx.is_main:
-        deployable = out / 'model.safetensors'
-        export_checkpoint(result.checkpoint, deployable)
+
+    def evaluate_export(deployable: Path, summary: dict[str, Any]) -> None:
         test_set = make_dataset(cfg.evaluate.shards, frontend, augment=None, labelled_only=True,
                                 max_samples=cfg.evaluate.max_samples)
-        summary = {'name': cfg.name, 'step': result.step, 'train_seconds': round(seconds, 1),
-                   'resumed_from': result.resumed_from, 'init_checkpoint': cfg.init_checkpoint,
-                   'method': to_dict(cfg.method), 'lr_factor': cfg.last_layer_lr_factor,
-                   'resolution': list(cfg.resolution) if cfg.resolution else None,
-                   'train_samples': len(train_set), 'train': result.last_logs,
-                   'model': str(deployable),
-                   'test': evaluate(model, test_set, classes, cfg.resolution, ctx.device,
-                                    cfg.evaluate.batch_size)}
-        (out / 'eval.json').write_text(json.dumps(summary, indent=1, default=str) + '\n')
-    ctx.barrier()
-    return summary
+        summary['test'] = evaluate(model, test_set, classes, cfg.resolution, ctx.device,
+                                   cfg.evaluate.batch_size)
+
+    return finish_run(ctx, result, out, export_checkpoint, {
+        'name': cfg.name, 'train_seconds': round(seconds, 1),
+        'init_checkpoint': cfg.init_checkpoint, 'method': to_dict(cfg.method),
+        'lr_factor': cfg.last_layer_lr_factor,
+        'resolution': list(cfg.resolution) if cfg.resolution else None,
+        'train_samples': len(train_set)}, on_main=evaluate_export, summary_file='eval.json')
