@@ -39,17 +39,19 @@ build: setup  ## colcon build into install/
 	@mkdir -p build install log && touch build/COLCON_IGNORE install/COLCON_IGNORE log/COLCON_IGNORE
 	$(COLCON) build $(COLCON_COMMON) --event-handlers console_cohesion-
 
-test: build  ## colcon test (pytest, excluding slow tests) + ruff
+test: build  ## colcon test (pytest, excluding slow tests) + ruff + mypy (rmseg_ros/, setup.cfg)
 	$(COLCON) test $(COLCON_COMMON) --event-handlers console_direct+ --return-code-on-test-failure \
 	  || { $(COLCON) test-result --test-result-base build --verbose; exit 1; }
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test-slow: build  ## only the tests marked slow
 	$(COLCON) test $(COLCON_COMMON) --event-handlers console_direct+ --return-code-on-test-failure \
 	  --pytest-args -m slow
 
-lint: setup  ## ruff
+lint: setup  ## ruff + mypy
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: setup  ## every benchmark script, one figure per line
 	@for b in bench/*.py; do echo "# $$b"; TQDM_DISABLE=1 $(PY) $$b; done

@@ -224,8 +224,9 @@ def _run_single(nodes: list[NodeSpec], linger: float) -> int:
         while replay_thread is None or replay_thread.is_alive():
             time.sleep(0.2)
         if replay_failure:
-            exc = replay_failure[0]
-            print(f'[rmseg-bringup] bag replay failed: {type(exc).__name__}: {exc}', flush=True)
+            failed = replay_failure[0]
+            print(f'[rmseg-bringup] bag replay failed: {type(failed).__name__}: {failed}',
+                  flush=True)
             return 2
         time.sleep(linger)
     except KeyboardInterrupt:

@@ -72,10 +72,11 @@ def section_schema(schema: type, key: str) -> type | None:
     if SECTION in found.metadata:
         return found.metadata[SECTION]
     hint = typing.get_type_hints(schema)[key]
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return hint
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        inner = [a for a in typing.get_args(hint)
+                 if isinstance(a, type) and dataclasses.is_dataclass(a)]
         if len(inner) == 1:
             return inner[0]
     return None
@@ -102,7 +103,7 @@ def merge_config(base: dict[str, Any], override: dict[str, Any] | None,
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = '') -> T:
     """Build dataclass `cls` from a mapping, recursing into nested dataclass fields."""
     data = dict(data or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # T: a dataclass
     unknown = set(data) - set(fields)
     if unknown:
         raise ValueError(f'{where or cls.__name__}: unknown keys {sorted(unknown)}; '
@@ -115,14 +116,15 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = '') -> T:
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, dict):
         return from_dict(hint, value, where)
     origin = typing.get_origin(hint)
     if origin is tuple and isinstance(value, list):
         return tuple(value)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(hint):
-            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+            if isinstance(arg, type) and dataclasses.is_dataclass(arg) \
+                    and isinstance(value, dict):
                 return from_dict(arg, value, where)
             if typing.get_origin(arg) is tuple and isinstance(value, list):
                 return tuple(value)

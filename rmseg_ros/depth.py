@@ -45,10 +45,9 @@ def depth_to_metres(
         if arr.dtype != np.uint16:
             arr = np.clip(arr, 0, 65535).astype(np.uint16)
         # Compare in millimetres on the integers (exact; 0 is always invalid).
-        lo = min(max(int(np.ceil(min_m * 1000.0 - 1e-6)), 1), 65536)
-        hi = int(np.floor(max_m * 1000.0 + 1e-6)) if np.isfinite(max_m) else 65535
-        hi = min(hi, 65535)
-        mask = cv2.inRange(np.ascontiguousarray(arr), lo, hi)  # 255 valid, 0 invalid
+        lo_mm = min(max(int(np.ceil(min_m * 1000.0 - 1e-6)), 1), 65536)
+        hi_mm = min(int(np.floor(max_m * 1000.0 + 1e-6)) if np.isfinite(max_m) else 65535, 65535)
+        mask = cv2.inRange(np.ascontiguousarray(arr), lo_mm, hi_mm)  # 255 valid, 0 invalid
         # mm * (mask / 255) * 1e-3 in one pass (computed in double, rounded once to float32)
         metres = cv2.multiply(arr, mask, scale=1e-3 / 255.0, dtype=cv2.CV_32F)
     else:  # '32FC1'

@@ -49,11 +49,11 @@ def _spatial_index(
     oh, ow = out_hw
     if np.issubdtype(x.dtype, np.integer) and np.issubdtype(y.dtype, np.integer):
         cols, rows = _index_tables((sh, sw), (oh, ow))
-        target = np.take(rows, y).astype(dtype, copy=False)
+        target: np.ndarray = np.take(rows, y).astype(dtype, copy=False)
         target += np.take(cols, x)
         return target
-    xo = np.floor(x * (ow / sw)).astype(dtype)
-    yo = np.floor(y * (oh / sh)).astype(dtype)
+    xo: np.ndarray = np.floor(x * (ow / sw)).astype(dtype)
+    yo: np.ndarray = np.floor(y * (oh / sh)).astype(dtype)
     # x * ow / sw can round up to ow for x just below sw
     np.minimum(xo, ow - 1, out=xo)
     np.minimum(yo, oh - 1, out=yo)
@@ -153,7 +153,7 @@ def events_to_voxel(
     target *= channels
     on = p > 0
     if split_polarity:  # OFF events go to bins num_bins .. 2 * num_bins - 1
-        off = np.logical_not(on).astype(index_dtype)
+        off: np.ndarray = np.logical_not(on).astype(index_dtype)
         off *= num_bins
         target += off
         weight = np.full(x.shape[0], scale, dtype=np.float32)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from rmseg_ros.freshness import FreshnessPolicy
 
@@ -119,7 +119,7 @@ class LatestOnlyWorker(Generic[T]):
                 started = self._clock()
                 if self._freshness is not None:
                     self._freshness.started(started)
-                job = Job(self._item, self._item_since, started)
+                job = Job(cast(T, self._item), self._item_since, started)
                 self._item, self._has_item = None, False
                 self._busy = True
             ok = False
@@ -140,6 +140,8 @@ class LatestOnlyWorker(Generic[T]):
     def _hold_for_fresher(self) -> None:
         """Called with the lock held and an item waiting: wait for a newer one if the policy
         says so; the newer one replaces the waiting one in submit()."""
+        if self._freshness is None:
+            return
         hold = self._freshness.hold_until(self._item_since, self._clock())
         if hold is None:
             return

@@ -236,7 +236,7 @@ def project_points(
         u = (mat[0, 0] * xc + mat[0, 1] * yc + mat[0, 2] * z + mat[0, 3]) / w
         v = (mat[1, 0] * xc + mat[1, 1] * yc + mat[1, 2] * z + mat[1, 3]) / w
     else:
-        if kind != 'none':
+        if coeffs is not None:  # kind != 'none'
             x, y, ok = _distort(x, y, kind, coeffs)
             finite &= ok
         u = mat[0, 0] * x + mat[0, 1] * y + mat[0, 2]

@@ -198,7 +198,8 @@ class PerceptionPipeline:
             result.confidence_image = visualization.confidence_image(confidence, out_hw)
             if robot is not None:  # those labels come from the robot mask, not the model
                 result.confidence_image[robot] = 255
-        if 'points' in want and frame.lidar_xyz is not None and 'lidar' not in errors:
+        if 'points' in want and frame.lidar_xyz is not None and 'lidar' not in errors \
+                and T_cam_lidar is not None:  # a frame has lidar_xyz only with an extrinsic
             xyz = frame.lidar_xyz.astype(np.float32, copy=False)
             result.point_xyz = xyz
             result.point_labels = labels_to_points(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -74,8 +75,8 @@ class GeometryTracker:
                 self._T_cam_lidar = (None if T_cam_lidar is None
                                      else np.asarray(T_cam_lidar, np.float64))
             if event_sensor_hw is not _KEEP:
-                self._event_sensor_hw = (None if event_sensor_hw is None
-                                         else tuple(event_sensor_hw))  # type: ignore[arg-type]
+                hw = cast('tuple[int, int] | None', event_sensor_hw)
+                self._event_sensor_hw = None if hw is None else (int(hw[0]), int(hw[1]))
             if self._camera is None:
                 self._current = None
                 return None

@@ -621,7 +621,7 @@ class ModalitySynchronizer:
             if to is None or not m.alive:
                 continue
             last = m.newest if m.newest is not None else origin
-            if ref - last > to:
+            if last is not None and ref - last > to:
                 m.alive = False
                 m.fresh = 0
 
@@ -663,9 +663,10 @@ class ModalitySynchronizer:
         nj = m.newest
         if nj is None:
             return False
-        if pv.best_s[m.idx] is None:
+        best = pv.best_s[m.idx]
+        if best is None:
             return nj > pv.stamp + self._slop
-        if not self._wait and pv.best_s[m.idx] <= pv.stamp:
+        if not self._wait and best <= pv.stamp:
             return True
         return nj >= pv.stamp + pv.best_d[m.idx]
 
@@ -686,10 +687,11 @@ class ModalitySynchronizer:
                 if nj is None:
                     return out
                 j = m.idx
-                if bs[j] is None:
+                best = bs[j]
+                if best is None:
                     if nj <= p + slop:
                         return out
-                elif nj < p + bd[j] and (self._wait or bs[j] > p):
+                elif nj < p + bd[j] and (self._wait or best > p):
                     return out
             self._resolve(out, forced=False)
         return out

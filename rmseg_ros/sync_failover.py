@@ -130,7 +130,7 @@ class FailoverSynchronizer:
         if state.state == 'stale':
             return True
         return (state.state == 'missing' and self._clock is not None
-                and self._clock - self._first > timeout)
+                and self._first is not None and self._clock - self._first > timeout)
 
     def _choose(self) -> int:
         for k in range(len(self._syncs)):

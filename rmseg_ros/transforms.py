@@ -8,6 +8,7 @@ tf2 cannot be installed here, and the perception front-end only needs static ext
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,7 +33,7 @@ def transform_from_xyz_rpy(
 
 
 def transform_from_xyz_quat(
-    xyz: np.ndarray | list[float], quat_xyzw: np.ndarray | list[float]
+    xyz: np.ndarray | Sequence[float], quat_xyzw: np.ndarray | Sequence[float]
 ) -> np.ndarray:
     """4x4 transform from a translation and a quaternion in ROS order (x, y, z, w); the quaternion
     is normalised because values read from parameters are often rounded."""
@@ -51,7 +52,7 @@ def transform_from_xyz_quat(
     return _compose(rot, xyz)
 
 
-def _compose(rot: np.ndarray, xyz: np.ndarray | list[float]) -> np.ndarray:
+def _compose(rot: np.ndarray, xyz: np.ndarray | Sequence[float]) -> np.ndarray:
     tf = np.eye(4)
     tf[:3, :3] = rot
     tf[:3, 3] = np.asarray(xyz, dtype=np.float64).reshape(3)

@@ -64,5 +64,6 @@ def confidence_image(confidence: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     confidence image a semantic costmap layer reads next to the label image of the same size."""
     conf = np.asarray(confidence, dtype=np.float32)
     if conf.shape != tuple(hw):
-        conf = cv2.resize(conf, (int(hw[1]), int(hw[0])), interpolation=cv2.INTER_LINEAR)
+        conf = np.asarray(cv2.resize(conf, (int(hw[1]), int(hw[0])),
+                                     interpolation=cv2.INTER_LINEAR), dtype=np.float32)
     return np.rint(np.clip(conf, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -72,7 +72,7 @@ class _JointScorer(nn.Module):
         self.out = nn.Conv2d(hidden, out_bias.numel(), 1)
         nn.init.zeros_(self.out.weight)
         with torch.no_grad():
-            self.out.bias.copy_(out_bias)
+            self.out.bias.copy_(out_bias)  # type: ignore[union-attr]  # Conv2d(bias=True)
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         h = self.inputs[0](xs[0])

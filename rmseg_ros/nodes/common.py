@@ -115,8 +115,12 @@ def run_node(make: Callable[[Any], Any], argv: Sequence[str], *, name: str,
             while context.ok() and not (until is not None and until()):
                 executor.spin_once(timeout_sec=SPIN_PERIOD_S)
 
+        def spin_only(node: Any, spin: Spin) -> int:
+            spin()
+            return 0
+
         try:
-            status = body(node, spin) if body is not None else (spin() or 0)
+            status = (body or spin_only)(node, spin)
         except (KeyboardInterrupt, ExternalShutdownException):
             status = 0
         except SystemExit as exc:  # a node that ends itself (e.g. after --duration)

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
@@ -59,7 +60,7 @@ class OutputBag:
         self.store = get_typestore(Stores.ROS2_KILTED)
         self.writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
         self.writer.open()
-        self.conns: dict[str, object] = {}
+        self.conns: dict[str, Any] = {}
         self.newest_ns = 0
         self.pending: list[tuple[str, str, bytes, bool]] = []  # until a stamp is known
 

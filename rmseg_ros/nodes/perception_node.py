@@ -118,8 +118,9 @@ class PerceptionNode(LifecycleNode):
         self.worker: LatestOnlyWorker | None = None
         self._subs: list[Any] = []
         self._pubs: dict[str, Any] = {}
-        self._timer = None
-        self._service = None
+        self._timer: Any = None
+        self._service: Any = None
+        self.segmenter: Any = None  # rmseg_ros.inference.Segmenter once configured
         self._geometry = GeometryTracker()  # camera + LiDAR extrinsic + event size, versioned
         self._camera_frame = ''
         self._camera_gate = conversions.CameraInfoGate()
@@ -517,7 +518,7 @@ class PerceptionNode(LifecycleNode):
         if result.confidence_image is not None:
             pubs['confidence'].publish(
                 conversions.numpy_to_image(result.confidence_image, 'mono8', header))
-        if result.point_labels is not None:
+        if result.point_labels is not None and result.point_xyz is not None:
             xyz = result.point_xyz
             cloud = np.empty(len(xyz), dtype=[('x', '<f4'), ('y', '<f4'), ('z', '<f4'),
                                               ('label', 'u1'), ('robot', 'u1')])

@@ -104,7 +104,7 @@ class SyntheticSensors(Node):
         bad = o.malform if o.malform and self.count[m] % o.malform_every == 0 else None
         if o.duration and time.monotonic() - self.t0 > o.duration:
             raise SystemExit(0)
-        offset = {'stamp_future': 3600.0, 'stamp_past': -3600.0}.get(bad, 0.0)
+        offset = {'stamp_future': 3600.0, 'stamp_past': -3600.0}.get(bad or '', 0.0)
         t = time.monotonic() - self.t0
         if o.cache_frames > 0 and m != 'event' and not bad:
             frames = self.cached.setdefault(m, [])

@@ -158,7 +158,7 @@ class RobotSegTracker:
         self.model = model.fuse_batchnorm()  # a tracker only infers
         self.device = resolve_device(device)
         self.model.to(self.device)
-        self.input_hw = tuple(input_hw) if input_hw is not None else None
+        self.input_hw = (int(input_hw[0]), int(input_hw[1])) if input_hw is not None else None
         self.threshold = float(threshold)
         self.memory = MemoryBank(k)
         self.frames_since_reset = 0
