@@ -25,8 +25,7 @@ from rmseg_ros.device import BACKENDS, DEVICES
 from rmseg_ros.freshness import FreshnessConfig
 from rmseg_ros.modalities import MODALITIES
 from rmseg_ros.params import ParamSpec, qos_parameters
-from rmseg_ros.perception import InputCheckConfig, OutputConfig
-from rmseg_ros.preprocess import DegradedConfig
+from rmseg_ros.perception_config import DegradedConfig, InputCheckConfig, OutputConfig
 from rmseg_ros.sync import SyncConfig
 
 PACKAGE = 'rmseg_ros'
@@ -170,7 +169,7 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
               'the newest is a bag loop or clock reset: caches are cleared (once).'),
     ParamSpec('sync.jump_confirm', _SYNC.jump_confirm, 'Consecutive messages that must agree on '
               'such a backward jump before anything is reset; fewer are dropped as bad stamps.'),
-    # outputs (rmseg_ros.perception.OutputConfig)
+    # outputs (rmseg_ros.perception_config.OutputConfig)
     ParamSpec('output.size', _OUT.size, "'camera' (outputs at the camera resolution) or 'model' "
               '(at the model resolution; cheaper).', choices=('camera', 'model')),
     ParamSpec('output.overlay_alpha', _OUT.overlay_alpha, 'Colour mask opacity in ~/overlay.'),
@@ -190,12 +189,12 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
               'newest set at once.'),
     ParamSpec('worker.min_rate_hz', _FRESH.min_rate_hz, 'Output rate (Hz) below which waited '
               'sets are processed rather than skipped for fresher ones.'),
-    # input checks (rmseg_ros.perception.InputCheckConfig)
+    # input checks (rmseg_ros.perception_config.InputCheckConfig)
     ParamSpec('checks.max_future_s', _CHK.max_future_s, 'Messages stamped further ahead of the '
               'node clock are rejected and counted; 0 = off.'),
     ParamSpec('checks.max_age_s', _CHK.max_age_s, 'Messages older than this are rejected and '
               'counted; 0 = off (replayed bags carry old stamps unless use_sim_time).'),
-    # degraded-input detection (rmseg_ros.preprocess.DegradedConfig)
+    # degraded-input detection (rmseg_ros.perception_config.DegradedConfig)
     ParamSpec('degraded.rgb_dark_mean', _DEG.rgb_dark_mean, 'RGB mean intensity (0..1) below '
               'which the camera is under-exposed.'),
     ParamSpec('degraded.rgb_saturated_fraction', _DEG.rgb_saturated_fraction, 'Fraction of '

@@ -16,12 +16,15 @@ import numpy as np
 
 from rmseg_ros import visualization
 from rmseg_ros.classes import ClassTable
-from rmseg_ros.freshness import FreshnessConfig
 from rmseg_ros.lidar_projection import labels_to_points
+from rmseg_ros.perception_config import (
+    InputCheckConfig,
+    PerceptionConfig,
+)
 from rmseg_ros.prepared_inputs import PreparedInputCache
-from rmseg_ros.preprocess import DegradedConfig, build_model_input, frame_from_messages
+from rmseg_ros.preprocess import build_model_input, frame_from_messages
 from rmseg_ros.sensor_geometry import SensorGeometry
-from rmseg_ros.sync import NS_PER_S, SyncConfig, SyncedSet
+from rmseg_ros.sync import NS_PER_S, SyncedSet
 
 OUTPUTS = ('labels', 'color_mask', 'overlay', 'confidence', 'points')
 
@@ -33,40 +36,6 @@ class NoUsableInputError(ValueError):
         super().__init__(text)
         self.errors = errors
         self.degraded = degraded
-
-
-@dataclass
-class OutputConfig:
-    size: str = 'camera'  # 'camera': outputs at the camera's resolution; 'model': model's
-    overlay_alpha: float = 0.5
-    min_confidence: float = 0.0  # labels below this softmax probability become 255 (unknown)
-    robot_class: str = 'robot'  # class given to pixels under the RobotSeg mask
-    robot_mask_max_age_s: float = 0.2  # a mask further than this from the frame is not used
-    occlusion_tolerance_m: float = 0.2  # a point further behind the nearest one is occluded
-
-    def __post_init__(self) -> None:
-        if self.size not in ('camera', 'model'):
-            raise ValueError(f"output size must be 'camera' or 'model', got {self.size!r}")
-        if not 0.0 <= self.overlay_alpha <= 1.0:
-            raise ValueError(f'overlay_alpha must be in [0, 1], got {self.overlay_alpha}')
-
-
-@dataclass
-class InputCheckConfig:
-    """Stamp plausibility against the node's clock (a stamp is the sync key: a bad one poisons
-    every set it could join)."""
-
-    max_future_s: float = 2.0  # stamps further ahead of the clock are rejected (0: no check)
-    max_age_s: float = 0.0  # older stamps are rejected; 0 = off, since replayed bags are old
-
-
-@dataclass
-class PerceptionConfig:
-    sync: SyncConfig = field(default_factory=SyncConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    checks: InputCheckConfig = field(default_factory=InputCheckConfig)
-    worker: FreshnessConfig = field(default_factory=FreshnessConfig)  # the node's scheduling
-    degraded: DegradedConfig | None = None  # None: the checkpoint's thresholds
 
 
 @dataclass

@@ -29,23 +29,8 @@ from rmseg_ros.events import event_image_to_voxel, events_to_voxel
 from rmseg_ros.evt3 import DecodedEvents
 from rmseg_ros.lidar_projection import lidar_hits
 from rmseg_ros.modalities import MODALITIES
+from rmseg_ros.perception_config import DROP, DegradedConfig
 from rmseg_ros.sensor_geometry import SensorGeometry
-
-DROP, FEED = 'drop', 'feed'
-
-
-@dataclass
-class DegradedConfig:
-    """Thresholds that mark a modality 'degraded', and whether a degraded one is fed or dropped."""
-
-    rgb_dark_mean: float = 0.04  # mean intensity in [0, 1] below which RGB is under-exposed
-    rgb_saturated_fraction: float = 0.85  # fraction of pixels >= 250 making RGB over-exposed
-    rgb_min_std: float = 0.01  # a (nearly) uniform frame carries no information
-    depth_min_valid_fraction: float = 0.02
-    lidar_min_points_in_view: int = 20
-    event_max_rate_per_pixel: float = 50.0  # events per pixel per window: a hot-pixel storm
-    policy: dict[str, str] = field(
-        default_factory=lambda: {'rgb': DROP, 'depth': DROP, 'lidar': DROP, 'event': DROP})
 
 
 @dataclass

@@ -12,14 +12,8 @@ from rmseg_ros import conversions, visualization
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.inference import Segmenter
 from rmseg_ros.latest_worker import Job, LatestOnlyWorker
-from rmseg_ros.perception import (
-    InputCheckConfig,
-    NoUsableInputError,
-    OutputConfig,
-    PerceptionConfig,
-    PerceptionPipeline,
-    check_stamp,
-)
+from rmseg_ros.perception import NoUsableInputError, PerceptionPipeline, check_stamp
+from rmseg_ros.perception_config import InputCheckConfig, OutputConfig, PerceptionConfig
 from rmseg_ros.preprocess import build_model_input, frame_from_messages
 from rmseg_ros.sensor_geometry import SensorGeometry
 from rmseg_ros.sync import SyncedSet

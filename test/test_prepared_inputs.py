@@ -13,7 +13,8 @@ from rmseg_ros import conversions
 from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.inference import Segmenter
-from rmseg_ros.perception import PerceptionConfig, PerceptionPipeline
+from rmseg_ros.perception import PerceptionPipeline
+from rmseg_ros.perception_config import PerceptionConfig
 from rmseg_ros.prepared_inputs import PreparedInputCache, prepare_input
 from rmseg_ros.preprocess import FrontendConfig, build_model_input, frame_from_messages
 from rmseg_ros.sensor_geometry import GeometryTracker, SensorGeometry

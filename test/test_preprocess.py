@@ -15,8 +15,8 @@ from rmseg_ros.modalities import (
     presence_from_names,
     subset_name,
 )
+from rmseg_ros.perception_config import FEED
 from rmseg_ros.preprocess import (
-    FEED,
     EventBatch,
     FrontendConfig,
     RawFrame,

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from rmseg_ros.diagnostics import PerceptionStats, statuses
-from rmseg_ros.perception import InputCheckConfig, check_stamp, stamp_problem
+from rmseg_ros.perception import check_stamp, stamp_problem
+from rmseg_ros.perception_config import InputCheckConfig
 from rmseg_ros.sync import ModalitySynchronizer, SyncConfig
 from rmseg_ros.sync_failover import FailoverSynchronizer
 

@@ -63,16 +63,20 @@ from rmseg_ros.nodes.common import (
 )
 from rmseg_ros.perception import (
     OUTPUTS,
-    InputCheckConfig,
     NoUsableInputError,
-    OutputConfig,
-    PerceptionConfig,
     PerceptionPipeline,
     PerceptionResult,
     stamp_problem,
 )
+from rmseg_ros.perception_config import (
+    DROP,
+    FEED,
+    DegradedConfig,
+    InputCheckConfig,
+    OutputConfig,
+    PerceptionConfig,
+)
 from rmseg_ros.prepared_inputs import PREPARED_MODALITIES
-from rmseg_ros.preprocess import DROP, FEED, DegradedConfig
 from rmseg_ros.runtime import inference_threads
 from rmseg_ros.sensor_geometry import GeometryTracker, SensorGeometry
 from rmseg_ros.sync import SyncedSet
