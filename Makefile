@@ -129,7 +129,16 @@ $(RUNS)/eval_heldout/eval.json: $(RUNS)/seed$(SHIP_SEED)/fsm/model.safetensors
 	$(TRAIN) evaluate --config $(RMMSS) --shards '$(HELDOUT)/*' --checkpoint $< --out $(@D) \
 	  --cases full,subsets --missing remove
 
-results: setup $(if $(HELDOUT),$(RUNS)/eval_heldout/eval.json) $(RUNS)/eval_teacher/eval.json $(foreach s,$(SEEDS),$(RUNS)/seed$(s)/eval_robust/eval.json $(RUNS)/seed$(s)/eval_dropout/eval.json $(RUNS)/seed$(s)/eval_fsm/eval.json)  ## evaluate the RMMSS models on the test split -> docs/results (per-class tables, seeds' mean and s.e.)
+# The FSM runs too few steps for a validation curve: its middle and last checkpoints are scored on
+# the validation samples instead (FSM_HALF = its middle step, a multiple of run.ckpt_every).
+FSM_HALF ?= 250
+VAL_EVAL = OMP_NUM_THREADS=$(EVAL_THREADS) $(TRAIN) evaluate --config $(RMMSS) --shards '$(DATA)/cache/val/*' --max-samples 120 --cases full,subsets --missing remove
+$(RUNS)/seed%/eval_fsm_half_val/eval.json: $(RUNS)/seed%/fsm/model.safetensors
+	$(VAL_EVAL) --checkpoint $(RUNS)/seed$*/fsm/checkpoints/step_$(shell printf %08d $(FSM_HALF)).safetensors --out $(@D)
+$(RUNS)/seed%/eval_fsm_end_val/eval.json: $(RUNS)/seed%/fsm/model.safetensors
+	$(VAL_EVAL) --checkpoint $< --out $(@D)
+
+results: setup $(if $(HELDOUT),$(RUNS)/eval_heldout/eval.json) $(RUNS)/eval_teacher/eval.json $(foreach s,$(SEEDS),$(RUNS)/seed$(s)/eval_robust/eval.json $(RUNS)/seed$(s)/eval_dropout/eval.json $(RUNS)/seed$(s)/eval_fsm/eval.json) $(foreach s,$(SEEDS),$(RUNS)/seed$(s)/eval_fsm_half_val/eval.json $(RUNS)/seed$(s)/eval_fsm_end_val/eval.json)  ## evaluate the RMMSS models on the test split -> docs/results (per-class tables, seeds' mean and s.e.)
 	$(PY) -m training.rmmss.report --runs $(RUNS) --seeds $(SEEDS) --docs docs
 
 ROBULT ?= training/configs/robult.yaml

@@ -35,6 +35,7 @@ MODELS = {  # run name -> (row label, key prefix in results.json)
 }
 SEEDED = ('robust', 'dropout', 'fsm')
 CLASS_SUBSETS = ('RDLE', 'R', 'D')
+VALIDATED = ('RDLE', 'R', 'D', 'L', 'E')  # training/configs/rmmss.yaml validate.subsets
 CURVE_FILE = 'rmmss_curves.png'
 
 
@@ -100,6 +101,33 @@ def last_fifth_change(curve: list[tuple[int, float]]) -> float | None:
     return None if not before else round(100.0 * (end - before[-1]), 2)
 
 
+def _validated_mean(ev: dict[str, Any]) -> float | None:
+    """Mean mIoU (%) over the subsets validated during training (the curves' figure)."""
+    subsets = ev.get('emm', {}).get('remove', {}).get('subsets', {})
+    values = [subsets[s]['miou'] for s in VALIDATED if s in subsets]
+    return _pct(sum(values) / len(values)) if len(values) == len(VALIDATED) else None
+
+
+def fsm_second_half(runs: Path, seeds: list[int]) -> dict[str, dict[str, float | None]]:
+    """seed -> change (points) of the FSM from its middle checkpoint to its end, scored on the
+    validation samples (`make results` writes eval_fsm_half_val / eval_fsm_end_val): the FSM
+    runs too few steps for more than one point on its validation curve."""
+    out: dict[str, dict[str, float | None]] = {}
+    for seed in seeds:
+        half, end = (runs / f'seed{seed}' / f'eval_fsm_{p}_val' / 'eval.json'
+                     for p in ('half', 'end'))
+        if not (half.exists() and end.exists()):
+            continue
+        a, b = (json.loads(p.read_text()) for p in (half, end))
+        va, vb = _validated_mean(a), _validated_mean(b)
+        ma, mb = (a['emm']['remove']['mean_miou'], b['emm']['remove']['mean_miou'])
+        out[str(seed)] = {
+            'validated_mean_half': va, 'validated_mean_end': vb,
+            'validated_mean_change': None if va is None or vb is None else round(vb - va, 2),
+            'subset_mean_change': round(100.0 * (mb - ma), 2)}
+    return out
+
+
 def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
     """Figures (mIoU in %) of every evaluated model under `runs`; seeded models averaged."""
     figures: dict[str, Any] = {'seeds': list(seeds)}
@@ -150,7 +178,7 @@ def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
         h = _eval_figures(ev)
         figures['heldout'] = {'shards': ev.get('shards'), 'samples': h['samples'],
                               'full_miou': h['full_miou'], 'subset_mean': h.get('subset_mean'),
-                              'class_iou': h['class_iou'],
+                              'subsets': h.get('subsets', {}), 'class_iou': h['class_iou'],
                               'subset_class_iou': h.get('subset_class_iou', {})}
     if 'dropout_subset_mean' in figures:  # the issue's names for the compute-matched baseline
         figures['dropout_matched_subset_mean'] = figures['dropout_subset_mean']
@@ -163,6 +191,9 @@ def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
             figures['fsm_full_miou'] - figures['teacher_full_miou'], 2)
     figures['val_last_fifth_change'] = {name: last_fifth_change(c) for name, c in curves.items()
                                         if c}
+    half = fsm_second_half(runs, seeds)
+    if half:
+        figures['fsm_second_half_change'] = half
     figures['_curves'] = curves
     return figures
 
@@ -256,6 +287,14 @@ def markdown(figures: dict[str, Any]) -> str:
                       'subsets RDLE, R, D, L, E on 120 validation samples, against the step). '
                       'Change over the last fifth of each run, in points: ' + ', '.join(
                           f'{name} {_fmt(v)}' for name, v in flat.items()) + '.']
+    half = figures.get('fsm_second_half_change') or {}
+    if half:
+        lines += ['', 'The FSM has one validation point per run; its middle and last checkpoints '
+                      'scored on the same validation samples (mean over the validated subsets, '
+                      'middle -> end, change; 15-subset mean change), in points: ' + ', '.join(
+                          f'seed {s} {_fmt(v["validated_mean_half"])} -> '
+                          f'{_fmt(v["validated_mean_end"])} ({_fmt(v["validated_mean_change"])}; '
+                          f'{_fmt(v["subset_mean_change"])})' for s, v in half.items()) + '.']
     return '\n'.join(lines)
 
 
