@@ -1,4 +1,4 @@
-"""Event-camera packet decoding benchmark (rmseg_ros.evt3).
+"""Event-camera packet decoding benchmark (rmseg_ros.frontend.evt3).
 
 Prints (DESIGN.md section 7 format):
   evt3_decode_mevents_per_s: decoded change-detection events per second (millions), EVT 3.0
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from rmseg_ros.evt3 import Evt3Decoder
+from rmseg_ros.frontend.evt3 import Evt3Decoder
 
 
 def sensor_stream(ticks: int, seed: int = 0) -> tuple[np.ndarray, int]:

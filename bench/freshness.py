@@ -1,4 +1,4 @@
-"""The perception worker's scheduling (rmseg_ros.freshness) on a simulated clock.
+"""The perception worker's scheduling (rmseg_ros.pipeline.freshness) on a simulated clock.
 
 A camera delivers a complete set every `--period-ms`; a worker whose forward time is F ms (normal
 jitter, `--jitter` relative std) takes the newest set when it is free (latest-only), or, with the
@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from rmseg_ros.freshness import FreshnessConfig, FreshnessPolicy, mean_age_of_information
+from rmseg_ros.pipeline.freshness import FreshnessConfig, FreshnessPolicy, mean_age_of_information
 
 
 def simulate(forward_ms: float, period_ms: float, jitter: float, policy: FreshnessPolicy | None,

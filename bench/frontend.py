@@ -19,9 +19,9 @@ import numpy as np
 from timing import median_ms
 
 from rmseg_ros.camera import CameraIntrinsics
-from rmseg_ros.preprocess import EventBatch, FrontendConfig, RawFrame, build_model_input
+from rmseg_ros.frontend.preprocess import EventBatch, FrontendConfig, RawFrame, build_model_input
 from rmseg_ros.runtime import tune_malloc
-from rmseg_ros.sync import ModalitySynchronizer, SyncConfig
+from rmseg_ros.sync.core import ModalitySynchronizer, SyncConfig
 
 RATES_HZ = {'rgb': 30, 'depth': 15, 'lidar': 10, 'event': 20}
 

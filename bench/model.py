@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         import numpy as np
         import torch
 
-        from rmseg_ros.label_maps import labels_from_logits
+        from rmseg_ros.inference.label_maps import labels_from_logits
         from rmseg_ros.modalities import input_channels
         from rmseg_ros.models.fsm import FSMStudent
         from rmseg_ros.models.fusion import FusionConfig, FusionSegNet
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
         onnx_times: dict[str, list[float]] = {}
         if not args.no_onnx:
-            from rmseg_ros.inference import export_onnx, onnxruntime_offline
+            from rmseg_ros.inference.segmenter import export_onnx, onnxruntime_offline
 
             ort = onnxruntime_offline()  # no telemetry from the benchmark either
 

@@ -73,7 +73,7 @@ def _window_medians(history: list[dict[str, str]], outputs0: int) -> dict[str, s
     Each status gives medians over its last STATS_WINDOW outputs; the statuses whose windows
     tile the outputs since `outputs0` (the last one ends the run) are combined by the median of
     their values, so forward time and latency come from the same stretch of time."""
-    from rmseg_ros.diagnostics import STATS_WINDOW
+    from rmseg_ros.pipeline.diagnostics import STATS_WINDOW
 
     last = history[-1]
     picked, next_end = [], outputs0 + STATS_WINDOW
@@ -96,7 +96,7 @@ def _window_medians(history: list[dict[str, str]], outputs0: int) -> dict[str, s
 def main() -> int:
     from rmseg_ros.dds_transport import CHOICES as DDS_TRANSPORTS
     from rmseg_ros.dds_transport import transport_env
-    from rmseg_ros.freshness import mean_age_of_information
+    from rmseg_ros.pipeline.freshness import mean_age_of_information
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -21,12 +21,12 @@ from typing import Any
 
 from rmseg_ros.camera import SizeLimits
 from rmseg_ros.config import config_path, load_yaml
-from rmseg_ros.device import BACKENDS, DEVICES
-from rmseg_ros.freshness import FreshnessConfig
+from rmseg_ros.inference.device import BACKENDS, DEVICES
 from rmseg_ros.modalities import MODALITIES
 from rmseg_ros.params import ParamSpec, qos_parameters
-from rmseg_ros.perception_config import DegradedConfig, InputCheckConfig, OutputConfig
-from rmseg_ros.sync import SyncConfig
+from rmseg_ros.pipeline.config import DegradedConfig, InputCheckConfig, OutputConfig
+from rmseg_ros.pipeline.freshness import FreshnessConfig
+from rmseg_ros.sync.core import SyncConfig
 
 PACKAGE = 'rmseg_ros'
 DEFAULT_WEIGHTS = 'weights/rmmss_student.safetensors'
@@ -146,7 +146,7 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
               'yaw] (metres, radians, fixed axes) or 16 values row-major. Default: co-located, '
               'LiDAR x forward / z up. /tf_static wins when it has the transform.'),
     *qos_parameters('every sensor subscription', 'best_effort', 5),
-    # synchroniser (rmseg_ros.sync.SyncConfig)
+    # synchroniser (rmseg_ros.sync.core.SyncConfig)
     ParamSpec('sync.modalities', _csv(_SYNC.modalities), 'Comma-separated modalities to '
               'subscribe to and fuse (of rgb, depth, lidar, event).'),
     ParamSpec('sync.pivot', _SYNC.pivot, 'Modality whose messages drive output (one set per '
@@ -169,7 +169,7 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
               'the newest is a bag loop or clock reset: caches are cleared (once).'),
     ParamSpec('sync.jump_confirm', _SYNC.jump_confirm, 'Consecutive messages that must agree on '
               'such a backward jump before anything is reset; fewer are dropped as bad stamps.'),
-    # outputs (rmseg_ros.perception_config.OutputConfig)
+    # outputs (rmseg_ros.pipeline.config.OutputConfig)
     ParamSpec('output.size', _OUT.size, "'camera' (outputs at the camera resolution) or 'model' "
               '(at the model resolution; cheaper).', choices=('camera', 'model')),
     ParamSpec('output.overlay_alpha', _OUT.overlay_alpha, 'Colour mask opacity in ~/overlay.'),
@@ -181,7 +181,7 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
               'than this from the frame is not applied.'),
     ParamSpec('output.occlusion_tolerance_m', _OUT.occlusion_tolerance_m, 'A LiDAR point more '
               'than this behind the nearest point on its pixel is occluded (label 255).'),
-    # inference worker scheduling (rmseg_ros.freshness.FreshnessConfig)
+    # inference worker scheduling (rmseg_ros.pipeline.freshness.FreshnessConfig)
     ParamSpec('worker.max_wait_s', _FRESH.max_wait_s, 'A complete set that waited longer than '
               'this (s) for the busy worker, and longer than the next set is still away, is '
               'skipped for that next one while the output rate stays >= worker.min_rate_hz '
@@ -189,12 +189,12 @@ PERCEPTION_PARAMETERS: tuple[ParamSpec, ...] = (
               'newest set at once.'),
     ParamSpec('worker.min_rate_hz', _FRESH.min_rate_hz, 'Output rate (Hz) below which waited '
               'sets are processed rather than skipped for fresher ones.'),
-    # input checks (rmseg_ros.perception_config.InputCheckConfig)
+    # input checks (rmseg_ros.pipeline.config.InputCheckConfig)
     ParamSpec('checks.max_future_s', _CHK.max_future_s, 'Messages stamped further ahead of the '
               'node clock are rejected and counted; 0 = off.'),
     ParamSpec('checks.max_age_s', _CHK.max_age_s, 'Messages older than this are rejected and '
               'counted; 0 = off (replayed bags carry old stamps unless use_sim_time).'),
-    # degraded-input detection (rmseg_ros.perception_config.DegradedConfig)
+    # degraded-input detection (rmseg_ros.pipeline.config.DegradedConfig)
     ParamSpec('degraded.rgb_dark_mean', _DEG.rgb_dark_mean, 'RGB mean intensity (0..1) below '
               'which the camera is under-exposed.'),
     ParamSpec('degraded.rgb_saturated_fraction', _DEG.rgb_saturated_fraction, 'Fraction of '

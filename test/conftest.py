@@ -90,10 +90,10 @@ def write_tiny_checkpoint(path: Path, hw: tuple[int, int] = (60, 80), seed: int 
     import torch
 
     from rmseg_ros.classes import ClassTable
+    from rmseg_ros.frontend.preprocess import FrontendConfig
     from rmseg_ros.modalities import MODALITIES
     from rmseg_ros.models.checkpoint import export_metadata, save_checkpoint
     from rmseg_ros.models.fusion import FusionConfig, FusionSegNet
-    from rmseg_ros.preprocess import FrontendConfig
 
     table = ClassTable.load()
     names = list(classes or table.names)

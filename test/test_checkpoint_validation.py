@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rmseg_ros.inference import Segmenter
+from rmseg_ros.inference.segmenter import Segmenter
 from rmseg_ros.models.checkpoint import load_checkpoint, save_checkpoint
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmseg_ros.depth import depth_to_metres, resize_depth, resize_nearest
+from rmseg_ros.frontend.depth import depth_to_metres, resize_depth, resize_nearest
 
 
 @pytest.mark.parametrize('encoding', ['16UC1', 'mono16'])

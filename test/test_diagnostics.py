@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from rmseg_ros.diagnostics import ERROR, OK, STAGES, WARN, PerceptionStats, statuses
-from rmseg_ros.sync import ModalityState
+from rmseg_ros.pipeline.diagnostics import ERROR, OK, STAGES, WARN, PerceptionStats, statuses
+from rmseg_ros.sync.core import ModalityState
 
 
 def _state(name: str, state: str = 'ok', required: bool = False) -> ModalityState:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmseg_ros.events import COLOUR_MARGIN, event_image_to_voxel, events_to_voxel
+from rmseg_ros.frontend.events import COLOUR_MARGIN, event_image_to_voxel, events_to_voxel
 
 SENSOR = (480, 640)
 

@@ -1,4 +1,4 @@
-"""EVT 3.0 decoding (rmseg_ros.evt3) on hand-built packets: single and vector events, both
+"""EVT 3.0 decoding (rmseg_ros.frontend.evt3) on hand-built packets: single and vector events, both
 polarities, rows, time-high wrap-around and jitter, state carried between packets, the words
 that carry no events, byte order, the sensor size; and against a word-by-word reference
 decoder written from the format's description on random streams cut into random packets."""
@@ -14,8 +14,8 @@ from evt3_stream import BASE, TH, TL, V8, V12, X, Y, pack, word
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rmseg_ros.evt3 import TIME_LOOP_US, Evt3Decoder, check_packet, decode_packet
-from rmseg_ros.sensor_geometry import SensorGeometry
+from rmseg_ros.frontend.evt3 import TIME_LOOP_US, Evt3Decoder, check_packet, decode_packet
+from rmseg_ros.frontend.sensor_geometry import SensorGeometry
 
 
 def events(ev):
@@ -200,7 +200,7 @@ def _frame_events(i, rng, n=400):
 
 
 def _voxel_of(x, y, t_ns, p, camera, frontend):
-    from rmseg_ros.preprocess import EventBatch, RawFrame, build_model_input
+    from rmseg_ros.frontend.preprocess import EventBatch, RawFrame, build_model_input
 
     frame = RawFrame(stamp_ns=int(t_ns[-1]), camera=camera, event_sensor_hw=(120, 160))
     frame.events = EventBatch(np.asarray(x), np.asarray(y), np.asarray(t_ns, np.int64),
@@ -212,7 +212,7 @@ def test_decoded_packets_feed_the_front_end_like_raw_events():
     from evt3_stream import encode, packet
 
     from rmseg_ros.camera import CameraIntrinsics
-    from rmseg_ros.preprocess import FrontendConfig, build_model_input, frame_from_messages
+    from rmseg_ros.frontend.preprocess import FrontendConfig, build_model_input, frame_from_messages
 
     rng = np.random.default_rng(3)
     camera = CameraIntrinsics.from_fov(320, 240, 80.0)  # events on a 160 x 120 sensor
@@ -233,7 +233,7 @@ def test_training_reads_event_packets_from_an_mcap_bag(tmp_path):
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     from rmseg_ros.camera import CameraIntrinsics
-    from rmseg_ros.sync import SyncConfig
+    from rmseg_ros.sync.core import SyncConfig
     from training.data.bag_samples import EVENT_PACKET, BagSampleReader, DatasetConfig
     from training.sim import bag_writer as bw
 

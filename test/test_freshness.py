@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from rmseg_ros.freshness import FreshnessConfig, FreshnessPolicy, mean_age_of_information
-from rmseg_ros.latest_worker import Job, LatestOnlyWorker
+from rmseg_ros.pipeline.freshness import FreshnessConfig, FreshnessPolicy, mean_age_of_information
+from rmseg_ros.pipeline.worker import Job, LatestOnlyWorker
 
 PERIOD = 0.1
 

@@ -18,13 +18,13 @@ from sensor_msgs.msg import CameraInfo, PointField
 from rmseg_ros.camera import SizeLimits
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.conversions import CameraInfoGate
-from rmseg_ros.inference import Segmenter
-from rmseg_ros.perception import PerceptionPipeline
-from rmseg_ros.perception_config import PerceptionConfig
-from rmseg_ros.prepared_inputs import PreparedInputCache
-from rmseg_ros.preprocess import FrontendConfig, build_model_input, frame_from_messages
-from rmseg_ros.sensor_geometry import SensorGeometry
-from rmseg_ros.sync import SyncedSet
+from rmseg_ros.frontend.prepared import PreparedInputCache
+from rmseg_ros.frontend.preprocess import FrontendConfig, build_model_input, frame_from_messages
+from rmseg_ros.frontend.sensor_geometry import SensorGeometry
+from rmseg_ros.inference.segmenter import Segmenter
+from rmseg_ros.pipeline.config import PerceptionConfig
+from rmseg_ros.pipeline.perception import PerceptionPipeline
+from rmseg_ros.sync.core import SyncedSet
 from rmseg_ros.synthetic import T_CAM_LIDAR_DEFAULT, SyntheticRig
 
 RIG = SyntheticRig(width=64, height=48, lidar_columns=64)

@@ -260,10 +260,10 @@ def test_launch_service_exits_nonzero_when_perception_cannot_start(ros_domain, t
 
 def test_graph_stays_light_for_the_launch_process():
     """`ros2 launch` imports rmseg_ros.graph in its own process: no OpenCV, torch, rclpy or front
-    end (the settings dataclasses live in rmseg_ros.perception_config)."""
+    end (the settings dataclasses live in rmseg_ros.pipeline.config)."""
     code = ('import sys, rmseg_ros.graph; print(sorted(m for m in ("cv2", "torch", "rclpy", '
-            '"rmseg_ros.preprocess", "rmseg_ros.perception", "rmseg_ros.conversions") '
-            'if m in sys.modules))')
+            '"rmseg_ros.frontend.preprocess", "rmseg_ros.pipeline.perception", '
+            '"rmseg_ros.inference.segmenter", "rmseg_ros.conversions") if m in sys.modules))')
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           timeout=120, check=True)
     assert done.stdout.strip() == '[]', done.stdout

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rmseg_ros.label_maps import labels_from_logits
+from rmseg_ros.inference.label_maps import labels_from_logits
 from rmseg_ros.models.fusion import upsample
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rmseg_ros.camera import CameraIntrinsics
-from rmseg_ros.lidar_projection import (
+from rmseg_ros.frontend.lidar_projection import (
     _nearest_per_pixel,
     _zbuffer,
     labels_to_points,

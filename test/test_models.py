@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import save_file
 
 from rmseg_ros import atomic_files
-from rmseg_ros.inference import Segmenter
+from rmseg_ros.frontend.preprocess import FrontendConfig
+from rmseg_ros.inference.segmenter import Segmenter
 from rmseg_ros.modalities import MODALITIES, all_subsets, input_channels, presence_from_names
 from rmseg_ros.models import checkpoint as ckpt
 from rmseg_ros.models.checkpoint import (
@@ -28,7 +29,6 @@ from rmseg_ros.models.checkpoint import (
 )
 from rmseg_ros.models.fsm import FSMConfig, FSMStudent, LogitSelector, StageSelector
 from rmseg_ros.models.fusion import FusionConfig, FusionSegNet, masked_softmax, upsample
-from rmseg_ros.preprocess import FrontendConfig
 
 H, W, K = 64, 80, 5
 CLASSES = [f'class{i}' for i in range(K)]
@@ -494,7 +494,7 @@ def test_cuda_failure_falls_back_to_cpu_for_good(student_checkpoint, caplog):
         return real_forward(used, *args)
 
     seg._forward = flaky
-    with caplog.at_level(logging.WARNING, logger='rmseg_ros.inference'):
+    with caplog.at_level(logging.WARNING, logger='rmseg_ros.inference.segmenter'):
         labels, conf = seg.predict(x, MODALITIES)
     assert calls == ['cuda', 'cpu'] and seg.device == 'cpu'
     assert 'falling back to the CPU' in caplog.text
@@ -511,7 +511,7 @@ def test_cuda_failure_falls_back_to_cpu_for_good(student_checkpoint, caplog):
 
 
 def test_cuda_request_without_cuda_uses_cpu(student_checkpoint, caplog):
-    with caplog.at_level(logging.WARNING, logger='rmseg_ros.inference'):
+    with caplog.at_level(logging.WARNING, logger='rmseg_ros.inference.segmenter'):
         seg = Segmenter.from_checkpoint(student_checkpoint, device='cuda')
     if torch.cuda.is_available():
         assert seg.device == 'cuda'

@@ -1,5 +1,5 @@
 """The node toolkit (rmseg_ros.params, rmseg_ros.nodes.common) and the device policy
-(rmseg_ros.device): one parameter vocabulary and one set of checks for every node."""
+(rmseg_ros.inference.device): one parameter vocabulary and one set of checks for every node."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from rmseg_ros.device import is_cuda_failure, resolve_backend, resolve_device
+from rmseg_ros.inference.device import is_cuda_failure, resolve_backend, resolve_device
 from rmseg_ros.params import ParamSpec, coerce, qos_parameters, read_parameters, spec_table
 
 
@@ -109,7 +109,7 @@ def test_device_policy(caplog: pytest.LogCaptureFixture) -> None:
         assert resolve_backend('auto', 'auto') == 'torch'
     else:
         assert resolve_device('auto') == 'cpu'
-        with caplog.at_level(logging.WARNING, logger='rmseg_ros.device'):
+        with caplog.at_level(logging.WARNING, logger='rmseg_ros.inference.device'):
             assert resolve_device('cuda') == 'cpu'  # a node keeps going on the CPU
         assert 'CUDA is not available' in caplog.text
         with pytest.raises(RuntimeError, match='not available'):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import onnxruntime
 import pytest
 
-from rmseg_ros import inference
+from rmseg_ros.inference import segmenter as inference
 
 
 def test_onnx_sessions_are_created_with_telemetry_disabled(monkeypatch, tmp_path):

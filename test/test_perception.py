@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 from rig_messages import set_messages
 
-from rmseg_ros import conversions, visualization
+from rmseg_ros import conversions
 from rmseg_ros.classes import ClassTable
-from rmseg_ros.inference import Segmenter
-from rmseg_ros.latest_worker import Job, LatestOnlyWorker
-from rmseg_ros.perception import NoUsableInputError, PerceptionPipeline, check_stamp
-from rmseg_ros.perception_config import InputCheckConfig, OutputConfig, PerceptionConfig
-from rmseg_ros.preprocess import build_model_input, frame_from_messages
-from rmseg_ros.sensor_geometry import SensorGeometry
-from rmseg_ros.sync import SyncedSet
+from rmseg_ros.frontend.preprocess import build_model_input, frame_from_messages
+from rmseg_ros.frontend.sensor_geometry import SensorGeometry
+from rmseg_ros.inference.segmenter import Segmenter
+from rmseg_ros.pipeline import visualization
+from rmseg_ros.pipeline.config import InputCheckConfig, OutputConfig, PerceptionConfig
+from rmseg_ros.pipeline.perception import NoUsableInputError, PerceptionPipeline, check_stamp
+from rmseg_ros.pipeline.worker import Job, LatestOnlyWorker
+from rmseg_ros.sync.core import SyncedSet
 from rmseg_ros.synthetic import T_CAM_LIDAR_DEFAULT, SyntheticRig, cloud_array
 
 RIG = SyntheticRig(width=320, height=240, lidar_columns=240)
@@ -111,7 +112,7 @@ def test_nothing_usable_raises(pipeline):
 def test_overlay_without_rgb_is_drawn_on_depth():
     messages = _messages()
     frame = frame_from_messages(STAMP, {'depth': messages['depth']}, SensorGeometry(RIG.camera))
-    from rmseg_ros.preprocess import FrontendConfig
+    from rmseg_ros.frontend.preprocess import FrontendConfig
 
     mi = build_model_input(frame, FrontendConfig(height=60, width=80))
     base = visualization.base_image(mi)

@@ -86,7 +86,7 @@ def test_configure_reports_any_load_failure_and_refuses(tiny_checkpoint, rclpy_c
                                                         tmp_path, monkeypatch):
     from rclpy.parameter import Parameter
 
-    from rmseg_ros.inference import Segmenter
+    from rmseg_ros.inference.segmenter import Segmenter
     from rmseg_ros.nodes.perception_node import FAILURE, PerceptionNode
 
     def node(checkpoint):

@@ -7,6 +7,14 @@ from rosbags.typesys import Stores, get_typestore
 
 from rmseg_ros import conversions
 from rmseg_ros.camera import CameraIntrinsics
+from rmseg_ros.frontend.preprocess import (
+    EventBatch,
+    FrontendConfig,
+    RawFrame,
+    build_model_input,
+    frame_from_messages,
+)
+from rmseg_ros.frontend.sensor_geometry import SensorGeometry
 from rmseg_ros.modalities import (
     MODALITIES,
     all_subsets,
@@ -15,15 +23,7 @@ from rmseg_ros.modalities import (
     presence_from_names,
     subset_name,
 )
-from rmseg_ros.perception_config import FEED
-from rmseg_ros.preprocess import (
-    EventBatch,
-    FrontendConfig,
-    RawFrame,
-    build_model_input,
-    frame_from_messages,
-)
-from rmseg_ros.sensor_geometry import SensorGeometry
+from rmseg_ros.pipeline.config import FEED
 
 CAM = CameraIntrinsics.from_fov(640, 480, 90.0)
 # LiDAR frame x forward, y left, z up -> camera optical frame z forward, x right, y down.

@@ -383,7 +383,7 @@ class LabelsFromRGB(nn.Module):
 
 
 def test_evaluation_scores_each_subset_with_its_own_modalities():
-    from rmseg_ros.preprocess import FrontendConfig
+    from rmseg_ros.frontend.preprocess import FrontendConfig
     from training.evaluate import evaluate_model
 
     k, data = 3, SegSet(n=3, k=3)
@@ -405,7 +405,7 @@ def test_evaluation_scores_each_subset_with_its_own_modalities():
 
 
 def test_corruptions_touch_what_they_name():
-    from rmseg_ros.preprocess import FrontendConfig
+    from rmseg_ros.frontend.preprocess import FrontendConfig
     from training.evaluate import FAILURE_CASES, Corrupter
 
     fe = FrontendConfig(height=32, width=32)
@@ -573,7 +573,7 @@ def test_smoke_pipeline_teacher_robust_fsm_evaluate_export(pipeline_config, caps
     assert exported.keys() == weights.keys()
     # what a node loads predicts what the evaluation scored
     from rmseg_ros.classes import ClassTable
-    from rmseg_ros.inference import Segmenter
+    from rmseg_ros.inference.segmenter import Segmenter
     from training.evaluate import SUBSETS
     from training.export import load_model
     from training.rmmss.config import load_config, make_dataset

@@ -21,7 +21,7 @@ from rmseg_ros.models.robotseg import (
     sema_modulate,
 )
 from rmseg_ros.models.robotseg.sema import SEMA
-from rmseg_ros.robotseg_stream import (
+from rmseg_ros.pipeline.robotseg_stream import (
     RobotSegStream,
     SceneCutDetector,
     StampJumpDetector,

@@ -15,9 +15,9 @@ import torch
 import yaml
 from training_checks import assert_thread_policy_applied
 
+from rmseg_ros.frontend.preprocess import FrontendConfig, ModelInput
 from rmseg_ros.modalities import INDEX, MODALITIES, input_channels
 from rmseg_ros.models.fusion import FusionConfig, FusionSegNet
-from rmseg_ros.preprocess import FrontendConfig, ModelInput
 from training.data.bag_samples import Sample
 from training.data.dataset import ShardDataset
 from training.data.shards import write_shard

@@ -12,15 +12,15 @@ from sensor_msgs.msg import CameraInfo, Image
 from rmseg_ros import conversions
 from rmseg_ros.camera import CameraIntrinsics, SizeLimits, validate_intrinsics
 from rmseg_ros.conversions import CameraInfoGate
-from rmseg_ros.events import events_to_voxel
-from rmseg_ros.prepared_inputs import PreparedInputCache
-from rmseg_ros.preprocess import (
+from rmseg_ros.frontend.events import events_to_voxel
+from rmseg_ros.frontend.prepared import PreparedInputCache
+from rmseg_ros.frontend.preprocess import (
     FrontendConfig,
     build_model_input,
     event_times_ns,
     frame_from_messages,
 )
-from rmseg_ros.sensor_geometry import SensorGeometry
+from rmseg_ros.frontend.sensor_geometry import SensorGeometry
 from rmseg_ros.synthetic import T_CAM_LIDAR_DEFAULT, SyntheticRig
 
 RIG = SyntheticRig(width=160, height=120, lidar_columns=120)
@@ -169,7 +169,7 @@ def test_empty_image_costs_only_its_modality(modality):
 def test_a_step_raising_anything_costs_only_its_modality(monkeypatch):
     import cv2
 
-    from rmseg_ros import preprocess
+    from rmseg_ros.frontend import preprocess
 
     msgs = set_messages(RIG, 0.3, STAMP)
     frame = frame_from_messages(STAMP, msgs, GEOM)
@@ -213,7 +213,7 @@ def test_bayer_images_are_debayered_to_rgb(pattern, bits):
 # ---------------------------------------------------------------- item 7: optional modalities
 
 def test_a_stopped_optional_modality_is_never_reported_as_blocking_output():
-    from rmseg_ros.sync import ModalitySynchronizer, SyncConfig
+    from rmseg_ros.sync.core import ModalitySynchronizer, SyncConfig
 
     sync = ModalitySynchronizer(SyncConfig(
         modalities=('rgb', 'lidar'), pivot='rgb', required=('rgb',), timeouts={'lidar': 0.5}))

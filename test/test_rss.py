@@ -246,7 +246,7 @@ def _write_shard(path: Path, stamps: list[int], bag: Path, hw=(8, 8)) -> None:
 
 
 def test_feedback_scores_are_read_from_a_recorded_bag(tmp_path):
-    from rmseg_ros.preprocess import FrontendConfig
+    from rmseg_ros.frontend.preprocess import FrontendConfig
     from training.data.dataset import ShardDataset
 
     t0, period = 1_700_000_000_000_000_000, 100_000_000

@@ -17,7 +17,7 @@ from rosbags.rosbag2 import Reader
 
 from rmseg_ros import conversions
 from rmseg_ros.classes import ClassTable
-from rmseg_ros.lidar_projection import lidar_to_image
+from rmseg_ros.frontend.lidar_projection import lidar_to_image
 from rmseg_ros.transforms import TransformTree
 from training import failures as F  # noqa: N812
 from training.cli import main as train_main

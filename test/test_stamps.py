@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from rmseg_ros.diagnostics import PerceptionStats, statuses
-from rmseg_ros.perception import check_stamp, stamp_problem
-from rmseg_ros.perception_config import InputCheckConfig
-from rmseg_ros.sync import ModalitySynchronizer, SyncConfig
-from rmseg_ros.sync_failover import FailoverSynchronizer
+from rmseg_ros.pipeline.config import InputCheckConfig
+from rmseg_ros.pipeline.diagnostics import PerceptionStats, statuses
+from rmseg_ros.pipeline.perception import check_stamp, stamp_problem
+from rmseg_ros.sync.core import ModalitySynchronizer, SyncConfig
+from rmseg_ros.sync.failover import FailoverSynchronizer
 
 S = 1_000_000_000
 MS = 1_000_000

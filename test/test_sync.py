@@ -1,4 +1,4 @@
-"""Tests of rmseg_ros.sync on scripted and randomised stamp streams (no ROS needed).
+"""Tests of rmseg_ros.sync.core on scripted and randomised stamp streams (no ROS needed).
 
 The expected outputs come from independent oracles written here: a brute-force "closest within
 slop" matcher for pivot mode, and a literal re-statement of message_filters'
@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from rmseg_ros.sync import ModalitySynchronizer, SyncConfig, SyncedSet
+from rmseg_ros.sync.core import ModalitySynchronizer, SyncConfig, SyncedSet
 
 S = 1_000_000_000
 MS = 1_000_000

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rmseg_ros.sync import SyncConfig
-from rmseg_ros.sync_failover import FailoverSynchronizer
+from rmseg_ros.sync.core import SyncConfig
+from rmseg_ros.sync.failover import FailoverSynchronizer
 
 MS = 1_000_000
 T0 = 1_700_000_000 * 1_000_000_000
@@ -100,7 +100,7 @@ def test_fallback_must_not_name_the_pivot():
 
 
 def test_no_wait_mode_emits_on_the_pivot_without_waiting_for_a_later_partner():
-    from rmseg_ros.sync import ModalitySynchronizer
+    from rmseg_ros.sync.core import ModalitySynchronizer
 
     def run(wait: bool) -> list:
         cfg = SyncConfig(modalities=('rgb', 'lidar'), pivot='rgb', slop=0.1, queue_size=10,

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from rmseg_ros.camera import CameraIntrinsics
+from rmseg_ros.frontend.preprocess import build_model_input, frame_from_messages
+from rmseg_ros.frontend.sensor_geometry import SensorGeometry
 from rmseg_ros.modalities import MODALITIES
-from rmseg_ros.preprocess import build_model_input, frame_from_messages
-from rmseg_ros.sensor_geometry import SensorGeometry
 from training.data.bag_samples import BagSampleReader, DatasetConfig
 from training.data.cli import build_cache, find_bags
 from training.data.dataset import AugmentConfig, ShardDataset, random_modality_subset

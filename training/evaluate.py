@@ -36,8 +36,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from rmseg_ros.config import from_dict
+from rmseg_ros.frontend.preprocess import FrontendConfig, normalize_rgb
 from rmseg_ros.modalities import INDEX, MODALITIES, all_subsets, presence_from_names, subset_name
-from rmseg_ros.preprocess import FrontendConfig, normalize_rgb
 from training import failures
 from training.data import tensor_failures
 from training.data.tensor_failures import TENSOR_FAILURES

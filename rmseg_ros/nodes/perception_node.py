@@ -7,10 +7,10 @@ inference worker; deactivate: stops them and frees the device; cleanup: forgets 
 `autostart` (default) the node configures and activates itself.
 
 Data flow: sensor callbacks -> stamp checks -> FailoverSynchronizer -> latest-only worker thread
-(rmseg_ros.perception.PerceptionPipeline) -> ~/labels, ~/color_mask, ~/overlay, ~/confidence,
-~/labeled_points (each only when subscribed) and /diagnostics. The class table is latched
-(reliable, transient local) on ~/class_table (std_msgs/String, JSON) and, where vision_msgs is
-installed, ~/label_info (vision_msgs/LabelInfo). All the work is in the ROS-free modules; this
+(rmseg_ros.pipeline.perception.PerceptionPipeline) -> ~/labels, ~/color_mask, ~/overlay,
+~/confidence, ~/labeled_points (each only when subscribed) and /diagnostics. The class table is
+latched (reliable, transient local) on ~/class_table (std_msgs/String, JSON) and, where vision_msgs
+is installed, ~/label_info (vision_msgs/LabelInfo). All the work is in the ROS-free modules; this
 file only translates messages and parameters.
 
 Run:  perception_node --ros-args -p checkpoint:=weights/rmmss_student.safetensors
@@ -41,10 +41,9 @@ from rmseg_ros import conversions
 from rmseg_ros.camera import SizeLimits
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import share_path
-from rmseg_ros.device import resolve_backend
-from rmseg_ros.diagnostics import PerceptionStats, statuses
-from rmseg_ros.evt3 import Evt3Decoder, decode_packet
-from rmseg_ros.freshness import FreshnessConfig, FreshnessPolicy
+from rmseg_ros.frontend.evt3 import Evt3Decoder, decode_packet
+from rmseg_ros.frontend.prepared import PREPARED_MODALITIES
+from rmseg_ros.frontend.sensor_geometry import GeometryTracker, SensorGeometry
 from rmseg_ros.graph import (
     DEFAULT_WEIGHTS,
     PERCEPTION_PARAMETERS,
@@ -52,7 +51,7 @@ from rmseg_ros.graph import (
     section_from_parameters,
     sync_config_from_parameters,
 )
-from rmseg_ros.latest_worker import Job, LatestOnlyWorker
+from rmseg_ros.inference.device import resolve_backend
 from rmseg_ros.modalities import MODALITIES
 from rmseg_ros.nodes.common import (
     declare_parameters,
@@ -61,14 +60,7 @@ from rmseg_ros.nodes.common import (
     run_node,
     split_argv,
 )
-from rmseg_ros.perception import (
-    OUTPUTS,
-    NoUsableInputError,
-    PerceptionPipeline,
-    PerceptionResult,
-    stamp_problem,
-)
-from rmseg_ros.perception_config import (
+from rmseg_ros.pipeline.config import (
     DROP,
     FEED,
     DegradedConfig,
@@ -76,11 +68,19 @@ from rmseg_ros.perception_config import (
     OutputConfig,
     PerceptionConfig,
 )
-from rmseg_ros.prepared_inputs import PREPARED_MODALITIES
+from rmseg_ros.pipeline.diagnostics import PerceptionStats, statuses
+from rmseg_ros.pipeline.freshness import FreshnessConfig, FreshnessPolicy
+from rmseg_ros.pipeline.perception import (
+    OUTPUTS,
+    NoUsableInputError,
+    PerceptionPipeline,
+    PerceptionResult,
+    stamp_problem,
+)
+from rmseg_ros.pipeline.worker import Job, LatestOnlyWorker
 from rmseg_ros.runtime import inference_threads
-from rmseg_ros.sensor_geometry import GeometryTracker, SensorGeometry
-from rmseg_ros.sync import SyncedSet
-from rmseg_ros.sync_failover import FailoverSynchronizer
+from rmseg_ros.sync.core import SyncedSet
+from rmseg_ros.sync.failover import FailoverSynchronizer
 from rmseg_ros.transforms import TransformTree, transform_from_xyz_rpy
 
 NODE_NAME = 'perception'
@@ -124,7 +124,7 @@ class PerceptionNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._timer: Any = None
         self._service: Any = None
-        self.segmenter: Any = None  # rmseg_ros.inference.Segmenter once configured
+        self.segmenter: Any = None  # rmseg_ros.inference.segmenter.Segmenter once configured
         self._geometry = GeometryTracker()  # camera + LiDAR extrinsic + event size, versioned
         self._camera_frame = ''
         self._camera_gate = conversions.CameraInfoGate()
@@ -182,7 +182,7 @@ class PerceptionNode(LifecycleNode):
         return SUCCESS
 
     def _load_model(self) -> None:
-        from rmseg_ros.inference import Segmenter
+        from rmseg_ros.inference.segmenter import Segmenter
         from rmseg_ros.models.checkpoint import check_file
 
         p = self.p

@@ -5,8 +5,9 @@ CompressedImage when `compressed` is true) and publishes, with the source header
 `~/robot_mask` (mono8: `mask_value` on the robot, 0 elsewhere) and `~/overlay` (rgb8), plus
 `/diagnostics` (latency, device, memory, resets). The memory of the last K frames is cleared by
 the `~/reset` service (std_srvs/Trigger), on a scene cut and when stamps jump backwards (all in
-the ROS-free rmseg_ros.robotseg_stream). The subscription callback only hands the message to a
-latest-only worker thread (rmseg_ros.latest_worker, as the perception node): the model never runs
+the ROS-free rmseg_ros.pipeline.robotseg_stream). The subscription callback only hands the
+message to a latest-only worker thread (rmseg_ros.pipeline.worker, as the perception node): the
+model never runs
 on the executor, so the reset service and diagnostics answer while a frame is in flight, and when
 the model is slower than the camera the newest frame wins and the frames replaced before the
 worker took them are counted (`skipped_frames` in /diagnostics).
@@ -31,11 +32,11 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from rmseg_ros import conversions
-from rmseg_ros.device import DEVICES
-from rmseg_ros.latest_worker import Job, LatestOnlyWorker
+from rmseg_ros.inference.device import DEVICES
 from rmseg_ros.nodes.common import declare_parameters, make_qos, parameter_values, run_node
 from rmseg_ros.params import ParamSpec, qos_parameters
-from rmseg_ros.robotseg_stream import RobotSegStream, overlay
+from rmseg_ros.pipeline.robotseg_stream import RobotSegStream, overlay
+from rmseg_ros.pipeline.worker import Job, LatestOnlyWorker
 
 NODE_NAME = 'robotseg'
 DEFAULT_CHECKPOINT = 'weights/robotseg.safetensors'

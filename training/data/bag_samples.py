@@ -1,12 +1,12 @@
 """A rosbag2 recording -> synchronised, preprocessed training samples.
 
-The same synchroniser (`rmseg_ros.sync`) and preprocessing (`rmseg_ros.preprocess`) as the
-perception node, so what is trained is what runs; event_camera_msgs/EventPacket (evt3) records
-are decoded in stream order per topic as the node does (`rmseg_ros.evt3`). Two passes over the
-bag: the first collects the small static things (CameraInfo, /tf_static) and the label images
-by stamp; the second streams the sensor topics through the synchroniser. Unlabelled frames are
-kept and flagged. mcap storage is read with `rmseg_ros.bag_recovery`: a truncated or damaged
-recording gives the samples of its intact chunks, and what was lost is counted in `BagStats`.
+The same synchroniser (`rmseg_ros.sync.core`) and preprocessing (`rmseg_ros.frontend.preprocess`) as
+the perception node, so what is trained is what runs; event_camera_msgs/EventPacket (evt3) records
+are decoded in stream order per topic as the node does (`rmseg_ros.frontend.evt3`). Two passes over
+the bag: the first collects the small static things (CameraInfo, /tf_static) and the label images by
+stamp; the second streams the sensor topics through the synchroniser. Unlabelled frames are kept and
+flagged. mcap storage is read with `rmseg_ros.bag_recovery`: a truncated or damaged recording gives
+the samples of its intact chunks, and what was lost is counted in `BagStats`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,16 @@ from rmseg_ros import conversions
 from rmseg_ros.bag_recovery import damage_of, open_any_reader
 from rmseg_ros.camera import CameraIntrinsics
 from rmseg_ros.config import config_path, from_dict, load_yaml
-from rmseg_ros.evt3 import Evt3Decoder, decode_packet
+from rmseg_ros.frontend.evt3 import Evt3Decoder, decode_packet
+from rmseg_ros.frontend.preprocess import (
+    FrontendConfig,
+    ModelInput,
+    build_model_input,
+    frame_from_messages,
+)
+from rmseg_ros.frontend.sensor_geometry import SensorGeometry
 from rmseg_ros.modalities import MODALITIES
-from rmseg_ros.preprocess import FrontendConfig, ModelInput, build_model_input, frame_from_messages
-from rmseg_ros.sensor_geometry import SensorGeometry
-from rmseg_ros.sync import ModalitySynchronizer, SyncConfig
+from rmseg_ros.sync.core import ModalitySynchronizer, SyncConfig
 from rmseg_ros.transforms import TransformTree
 from training.topics import Topics
 

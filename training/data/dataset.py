@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rmseg_ros.frontend.preprocess import FrontendConfig, normalize_rgb
 from rmseg_ros.modalities import MODALITIES
-from rmseg_ros.preprocess import FrontendConfig, normalize_rgb
 
 from .shards import TENSOR_MODALITIES, Shard
 from .tensor_failures import TENSOR_FAILURES

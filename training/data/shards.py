@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rmseg_ros.frontend.preprocess import FrontendConfig
 from rmseg_ros.modalities import MODALITIES, input_channels
-from rmseg_ros.preprocess import FrontendConfig
 
 from .bag_samples import Sample
 

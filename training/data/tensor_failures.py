@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rmseg_ros.preprocess import FrontendConfig
+from rmseg_ros.frontend.preprocess import FrontendConfig
 from training import failures
 
 Row = dict[str, np.ndarray]

@@ -12,9 +12,9 @@ import numpy as np
 
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import from_dict, load_yaml, merge_config, section, to_dict
+from rmseg_ros.frontend.preprocess import FrontendConfig
 from rmseg_ros.models.fsm import FSMConfig
 from rmseg_ros.models.fusion import FusionConfig
-from rmseg_ros.preprocess import FrontendConfig
 from training.data.bag_samples import DatasetConfig
 from training.data.class_balance import class_weights, label_histogram
 from training.data.dataset import AugmentConfig, ShardDataset

@@ -26,8 +26,8 @@ from torch import nn
 
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import to_dict
+from rmseg_ros.frontend.preprocess import FrontendConfig
 from rmseg_ros.modalities import INDEX, MODALITIES, SHORT
-from rmseg_ros.preprocess import FrontendConfig
 from training.engine import (
     DistContext,
     Trainer,

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from rmseg_ros.config import from_dict, load_yaml, merge_config, section, to_dict
+from rmseg_ros.frontend.preprocess import FrontendConfig
 from rmseg_ros.models.fusion import FusionConfig
-from rmseg_ros.preprocess import FrontendConfig
 from training.data.bag_samples import DatasetConfig
 from training.data.dataset import AugmentConfig
 from training.engine import OptimConfig, RunConfig, resolve_stage_config

@@ -25,9 +25,9 @@ from torch import nn
 
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import to_dict
+from rmseg_ros.frontend.preprocess import FrontendConfig
 from rmseg_ros.modalities import MODALITIES
 from rmseg_ros.models.fusion import input_hw, upsample
-from rmseg_ros.preprocess import FrontendConfig
 from training.engine import DistContext, Trainer, config_hash, finish_run
 from training.evaluate import confusion_matrix, iou_per_class, mean_iou
 from training.export import export_checkpoint, load_model

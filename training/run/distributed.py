@@ -1,6 +1,6 @@
 """Where a run executes: one process or several under torchrun (gloo on CPU, nccl on CUDA),
-its device (rmseg_ros.device policy, without the CPU fallback), and the sampler whose order a
-resumed run continues.
+its device (rmseg_ros.inference.device policy, without the CPU fallback), and the sampler whose
+order a resumed run continues.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
-from rmseg_ros.device import resolve_device as device_name
+from rmseg_ros.inference.device import resolve_device as device_name
 
 
 @dataclass
@@ -38,8 +38,9 @@ class DistContext:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """rmseg_ros.device policy for training: 'auto' -> CUDA when available (one GPU per process
-    under torchrun), else CPU; CUDA asked for but missing is an error, not a slow CPU run."""
+    """rmseg_ros.inference.device policy for training: 'auto' -> CUDA when available (one GPU
+    per process under torchrun), else CPU; CUDA asked for but missing is an error, not a slow
+    CPU run."""
     return torch.device(device_name(name, fallback=False, local_rank=local_rank))
 
 

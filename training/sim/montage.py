@@ -3,7 +3,7 @@
 For looking at what the simulator (or any bag with these topics) recorded:
     python -m training.sim.montage BAG --out montage.png [--frames 4]
 The LiDAR column is the cloud projected into the camera with the extrinsic from /tf_static
-(rmseg_ros.lidar_projection), coloured by range; events are drawn ON red / OFF blue.
+(rmseg_ros.frontend.lidar_projection), coloured by range; events are drawn ON red / OFF blue.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rosbags.rosbag2 import Reader
 
 from rmseg_ros import conversions
 from rmseg_ros.classes import ClassTable
-from rmseg_ros.lidar_projection import lidar_to_image
+from rmseg_ros.frontend.lidar_projection import lidar_to_image
 from rmseg_ros.transforms import TransformTree
 from training.sim.bag_writer import TYPESTORE
 from training.sim.config import SimConfig

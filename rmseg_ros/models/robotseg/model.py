@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from rmseg_ros.device import resolve_device
+from rmseg_ros.inference.device import resolve_device
 
 from .config import RobotSegConfig
 from .decoder import MaskDecoder

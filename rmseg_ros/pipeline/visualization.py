@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from rmseg_ros.preprocess import ModelInput
+from rmseg_ros.frontend.preprocess import ModelInput
 
 
 def color_mask(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:

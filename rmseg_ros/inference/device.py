@@ -14,7 +14,7 @@ import logging
 DEVICES = ('auto', 'cuda', 'cpu')
 BACKENDS = ('auto', 'torch', 'onnx')
 
-log = logging.getLogger('rmseg_ros.device')
+log = logging.getLogger('rmseg_ros.inference.device')
 
 
 def resolve_device(name: str, *, fallback: bool = True, local_rank: int = 0) -> str:

@@ -1,15 +1,16 @@
 """The perception node's settings as dataclasses, without the code that uses them.
 
-Kept apart from rmseg_ros.perception and rmseg_ros.preprocess so that rmseg_ros.graph (imported by
-the launch process) reads them without pulling in OpenCV, the front end or torch.
+Kept apart from rmseg_ros.pipeline.perception and rmseg_ros.frontend.preprocess so that
+rmseg_ros.graph (imported by the launch process) reads them without pulling in OpenCV, the front
+end or torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rmseg_ros.freshness import FreshnessConfig
-from rmseg_ros.sync import SyncConfig
+from rmseg_ros.pipeline.freshness import FreshnessConfig
+from rmseg_ros.sync.core import SyncConfig
 
 DROP, FEED = 'drop', 'feed'  # what DegradedConfig.policy does with a degraded modality
 

@@ -12,7 +12,7 @@ to the newest stamp of any modality), or when it has never arrived although the 
 been flowing for longer than its timeout. A pivot without a timeout never counts as dead. Output
 stamps strictly increase across switches: a set not newer than the last one emitted is dropped
 (counted in `stats()['dropped_on_switch']`). The one exception is a clock jump its synchroniser
-confirmed (a bag loop, see rmseg_ros.sync): a stray backward stamp resets nothing here either.
+confirmed (a bag loop, see rmseg_ros.sync.core): a stray backward stamp resets nothing here either.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from rmseg_ros.sync import NS_PER_S, ModalityState, ModalitySynchronizer, SyncConfig, SyncedSet
+from rmseg_ros.sync.core import NS_PER_S, ModalityState, ModalitySynchronizer, SyncConfig, SyncedSet
 
 __all__ = ['FailoverSynchronizer']
 

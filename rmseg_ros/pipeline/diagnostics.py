@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rmseg_ros.sync import ModalityState
+from rmseg_ros.sync.core import ModalityState
 
 OK, WARN, ERROR = 0, 1, 2
 

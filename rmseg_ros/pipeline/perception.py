@@ -14,17 +14,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rmseg_ros import visualization
 from rmseg_ros.classes import ClassTable
-from rmseg_ros.lidar_projection import labels_to_points
-from rmseg_ros.perception_config import (
+from rmseg_ros.frontend.lidar_projection import labels_to_points
+from rmseg_ros.frontend.prepared import PreparedInputCache
+from rmseg_ros.frontend.preprocess import build_model_input, frame_from_messages
+from rmseg_ros.frontend.sensor_geometry import SensorGeometry
+from rmseg_ros.pipeline import visualization
+from rmseg_ros.pipeline.config import (
     InputCheckConfig,
     PerceptionConfig,
 )
-from rmseg_ros.prepared_inputs import PreparedInputCache
-from rmseg_ros.preprocess import build_model_input, frame_from_messages
-from rmseg_ros.sensor_geometry import SensorGeometry
-from rmseg_ros.sync import NS_PER_S, SyncedSet
+from rmseg_ros.sync.core import NS_PER_S, SyncedSet
 
 OUTPUTS = ('labels', 'color_mask', 'overlay', 'confidence', 'points')
 
@@ -104,7 +104,7 @@ class PerceptionPipeline:
 
     def prepare(self, modality: str, msg: Any, geometry: SensorGeometry | None) -> bool:
         """Build a LiDAR scan's or event packet's tensor as it arrives, for the set that will
-        use it (rmseg_ros.prepared_inputs); False when it is left to the set."""
+        use it (rmseg_ros.frontend.prepared); False when it is left to the set."""
         return self.prepared.put(modality, msg, geometry)
 
     def run(self, synced: SyncedSet, geometry: SensorGeometry,

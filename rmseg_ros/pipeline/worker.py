@@ -5,7 +5,7 @@ latency), so the inbox holds one item: submitting while an item still waits repl
 counts the replaced one as skipped. The callback runs outside the lock, so subscribers never wait
 for inference. Exceptions in the callback are passed to `on_error` and the worker keeps going.
 With a FreshnessPolicy, a worker that finds an item that has waited too long may hold on for the
-next one (rmseg_ros.freshness says when and why).
+next one (rmseg_ros.pipeline.freshness says when and why).
 
 The worker owns the per-frame timing: it stamps each job when submitted and when started, on
 one clock (injectable, so schedules can be tested without real time), and hands both to the
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
-from rmseg_ros.freshness import FreshnessPolicy
+from rmseg_ros.pipeline.freshness import FreshnessPolicy
 
 T = TypeVar('T')
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from rmseg_ros.preprocess import STEP_OF, FrontendConfig, frame_from_messages
-from rmseg_ros.sensor_geometry import SensorGeometry
+from rmseg_ros.frontend.preprocess import STEP_OF, FrontendConfig, frame_from_messages
+from rmseg_ros.frontend.sensor_geometry import SensorGeometry
 
 PREPARED_MODALITIES = ('lidar', 'event')
 

@@ -24,13 +24,13 @@ import numpy as np
 
 from rmseg_ros import conversions
 from rmseg_ros.camera import CameraIntrinsics
-from rmseg_ros.depth import check_encoding, depth_to_metres, resize_nearest
-from rmseg_ros.events import event_image_to_voxel, events_to_voxel
-from rmseg_ros.evt3 import DecodedEvents
-from rmseg_ros.lidar_projection import lidar_hits
+from rmseg_ros.frontend.depth import check_encoding, depth_to_metres, resize_nearest
+from rmseg_ros.frontend.events import event_image_to_voxel, events_to_voxel
+from rmseg_ros.frontend.evt3 import DecodedEvents
+from rmseg_ros.frontend.lidar_projection import lidar_hits
+from rmseg_ros.frontend.sensor_geometry import SensorGeometry
 from rmseg_ros.modalities import MODALITIES
-from rmseg_ros.perception_config import DROP, DegradedConfig
-from rmseg_ros.sensor_geometry import SensorGeometry
+from rmseg_ros.pipeline.config import DROP, DegradedConfig
 
 
 @dataclass
@@ -142,7 +142,7 @@ def frame_from_messages(stamp_ns: int, messages: dict[str, Any], geometry: Senso
 
     'rgb': Image or CompressedImage; 'depth': Image (16UC1 mm or 32FC1 m); 'lidar': PointCloud2
     with x, y, z [, intensity]; 'event': PointCloud2 with x, y, t, p, a pre-rendered Image, or
-    an EventPacket decoded by `rmseg_ros.evt3.decode_packet` (stream state lives there).
+    an EventPacket decoded by `rmseg_ros.frontend.evt3.decode_packet` (stream state lives there).
     Raises ValueError (naming the modality) on malformed input; with an `errors` dict, a
     malformed modality is left out of the frame instead and its reason stored there (online:
     one broken topic must not cost the others their frame).
@@ -332,7 +332,7 @@ def build_model_input(frame: RawFrame, cfg: FrontendConfig,
     reason is reported so diagnostics can show it. A modality that cannot be aligned with the
     camera raises ValueError, or, with an `errors` dict, is left out with its reason stored.
     `prepared` holds (tensor, reason) of modalities already built from their message (the
-    node builds LiDAR and event tensors when they arrive: rmseg_ros.prepared_inputs).
+    node builds LiDAR and event tensors when they arrive: rmseg_ros.frontend.prepared).
     """
     tensors: dict[str, np.ndarray] = {}
     degraded: dict[str, str] = {}

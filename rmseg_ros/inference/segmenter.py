@@ -35,16 +35,15 @@ from torch import nn
 
 from rmseg_ros.atomic_files import atomic_path
 from rmseg_ros.config import from_dict
-from rmseg_ros.device import is_cuda_failure, resolve_device
-from rmseg_ros.label_maps import labels_from_logits
+from rmseg_ros.frontend.preprocess import FrontendConfig
+from rmseg_ros.inference.device import DEVICES, is_cuda_failure, resolve_device
+from rmseg_ros.inference.label_maps import labels_from_logits
 from rmseg_ros.modalities import INDEX, MODALITIES, input_channels, presence_from_names
 from rmseg_ros.models.checkpoint import load_model
-from rmseg_ros.preprocess import FrontendConfig
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ('torch', 'onnx')
-DEVICES = ('auto', 'cuda', 'cpu')
+RUNTIMES = ('torch', 'onnx')  # the backends a Segmenter runs ('auto' is resolved before)
 ONNX_OPSET = 17
 ONNX_GRAPH = 'logits4'  # what the exported graph returns (part of the cache name): stride-4 logits
 
@@ -138,8 +137,8 @@ class Segmenter:
                         expected_modalities: Iterable[str] | None = None,
                         cache_dir: str | os.PathLike | None = None,
                         num_threads: int | None = None) -> Segmenter:
-        if backend not in BACKENDS:
-            raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+        if backend not in RUNTIMES:
+            raise ValueError(f'backend must be one of {RUNTIMES}, got {backend!r}')
         if device not in DEVICES:
             raise ValueError(f'device must be one of {DEVICES}, got {device!r}')
         path = Path(path)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from rmseg_ros.device import is_cuda_failure
+from rmseg_ros.inference.device import is_cuda_failure
 
 log = logging.getLogger(__name__)
 
