@@ -1,5 +1,8 @@
 """Reading what is left of a truncated or damaged mcap recording (rosbags' reader, made tolerant).
 
+Why one long module: the mcap record scanner and the tolerant reader built on it share the
+record layout and the damage counters.
+
 A recorder killed mid-write leaves an mcap file without its summary and footer, and `rosbags`
 then refuses the whole file; a few damaged bytes inside one chunk stop its message iteration.
 Every complete chunk of such a file is still good data. `RecoveringMcapReader` is rosbags'

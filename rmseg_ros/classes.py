@@ -6,12 +6,22 @@ Every checkpoint carries its class list; nodes compare it with this table and re
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from rmseg_ros.config import config_path, load_yaml
+
+
+def check_same_classes(checkpoint: Iterable[str], configured: Iterable[str],
+                       where: str = '') -> None:
+    """A checkpoint trained for other classes than the configured table is refused (one rule for
+    the Segmenter at load and the perception pipeline)."""
+    if list(checkpoint) != list(configured):
+        raise ValueError(f'{where + ": " if where else ""}checkpoint classes {list(checkpoint)} '
+                         f'disagree with the configured classes {list(configured)}')
 
 
 @dataclass(frozen=True)

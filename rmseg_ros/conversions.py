@@ -1,5 +1,8 @@
 """ROS message <-> numpy conversions for Image, CompressedImage, PointCloud2 and CameraInfo.
 
+Why one long module: the four message families share the layout checks (step, padding,
+endianness, size limits) that make every conversion safe on untrusted messages.
+
 Everything here is duck-typed on the message fields, so the same code reads messages received by
 rclpy and messages deserialised by `rosbags` (training reads bags with the very functions the nodes
 use). No ROS package is imported at module level: `numpy_to_image` and `array_to_pointcloud2`

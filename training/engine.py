@@ -1,5 +1,8 @@
 """The training loop shared by every pipeline (RMMSS, Robult, RSS, RobotSeg) and the end of a run.
 
+Why one long module: the Trainer's resume, checkpoint, thread-tuning and logging steps share
+its per-run state; its independent parts already live in training/run/.
+
 A run directory holds what is needed to trust and continue a run:
 - `config.yaml`: the resolved configuration (a resumed run must be given the same one);
 - `metrics.jsonl`: one JSON object per line (training logs and validation results);

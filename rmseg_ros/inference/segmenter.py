@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from rmseg_ros.atomic_files import atomic_path
+from rmseg_ros.classes import check_same_classes
 from rmseg_ros.config import from_dict
 from rmseg_ros.frontend.preprocess import FrontendConfig
 from rmseg_ros.inference.device import DEVICES, is_cuda_failure, resolve_device
@@ -144,9 +145,8 @@ class Segmenter:
         path = Path(path)
         model, meta = load_model(path)
         classes = list(meta.get('classes', []))
-        if expected_classes is not None and list(expected_classes) != classes:
-            raise ValueError(f'{path}: checkpoint classes {classes} disagree with the '
-                             f'configured classes {list(expected_classes)}')
+        if expected_classes is not None:
+            check_same_classes(classes, expected_classes, str(path))
         if len(classes) > 255:
             raise ValueError(f'{path}: {len(classes)} classes do not fit uint8 labels '
                              '(255 is reserved for "unlabelled")')
@@ -237,6 +237,11 @@ class Segmenter:
         if self.backend == 'onnx' and tuple(hw) != self.input_hw:
             raise ValueError(f'onnx backend runs at {self.input_hw}, inputs are {tuple(hw)}')
         return used
+
+    def warm_up(self) -> None:
+        """One prediction on zeros: the first call allocates (and on CUDA initialises kernels),
+        which should not count as a frame's latency."""
+        self.predict({'rgb': np.zeros((3, *self.input_hw), np.float32)}, ['rgb'])
 
     def predict(self, inputs: dict[str, np.ndarray], presence: Any, confidence: bool = True
                 ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,5 +1,8 @@
 """`perception_node`: robust multi-modal segmentation over ROS 2 (a lifecycle node).
 
+Why one long module: it is the node's whole ROS shell (parameters, lifecycle, endpoints, the
+five input callbacks and the publishers); every decision it makes is in the ROS-free modules.
+
 construction declares the parameters (rmseg_ros.graph.PERCEPTION_PARAMETERS, so `ros2 param
 list` shows them before any transition); configure reads and checks them, loads the class table
 and the checkpoint, builds the synchroniser; activate: subscribes, publishes, starts the
@@ -194,9 +197,7 @@ class PerceptionNode(LifecycleNode):
             path, device=device, backend=backend, expected_classes=self.classes.names,
             num_threads=inference_threads(int(p['num_threads'])))
         self.pipeline = PerceptionPipeline(self.segmenter, self.classes, self.cfg)
-        # warm-up: the first call allocates; it should not count as a frame's latency
-        hw = self.segmenter.input_hw
-        self.segmenter.predict({'rgb': np.zeros((3, *hw), np.float32)}, ['rgb'])
+        self.segmenter.warm_up()
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.pipeline is None:

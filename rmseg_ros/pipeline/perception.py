@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rmseg_ros.classes import ClassTable
+from rmseg_ros.classes import ClassTable, check_same_classes
 from rmseg_ros.frontend.lidar_projection import labels_to_points
 from rmseg_ros.frontend.prepared import PreparedInputCache
 from rmseg_ros.frontend.preprocess import build_model_input, frame_from_messages
@@ -87,9 +87,7 @@ class PerceptionPipeline:
     """Segmenter + class table + config; `run` does one synchronised set."""
 
     def __init__(self, segmenter, classes: ClassTable, cfg: PerceptionConfig) -> None:
-        if list(segmenter.classes) != list(classes.names):
-            raise ValueError(f'checkpoint classes {list(segmenter.classes)} disagree with the '
-                             f'configured classes {list(classes.names)}')
+        check_same_classes(segmenter.classes, classes.names)
         self.segmenter = segmenter
         self.classes = classes
         self.cfg = cfg

@@ -1,5 +1,8 @@
 """Drop-tolerant approximate time synchroniser for the sensor front-end (no rclpy).
 
+Why one long module: the pivot, strict and jump-handling modes share one per-modality cache
+and one matching rule, and splitting them would put that state's invariants in two files.
+
 Why not message_filters: ApproximateTimeSynchronizer only emits when *every* input has a match,
 so one dead topic silences the whole pipeline, and it cannot say why. This module keeps one
 bounded cache per modality, emits one set per pivot message (the camera by default), leaves

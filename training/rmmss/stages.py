@@ -1,5 +1,8 @@
 """The three training stages of RMMSS: `rmseg-train teacher | robust | fsm`.
 
+Why one long module: the three stages share their setup, loss wiring and metadata, and
+rosbag-to-student is read top to bottom here.
+
 teacher: all modalities, OHEM cross-entropy.
 robust:  the same network trained on random modality subsets (1..4 kept per sample) with OHEM CE
          + pixel-logit KL to the frozen teacher (which sees the full view of the same sample)

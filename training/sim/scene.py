@@ -1,5 +1,8 @@
 """Random pybullet scenes: a room (floor, walls), a table, robots and objects, with lighting.
 
+Why one long module: the scene builder's random draws must stay in one order per seed (the
+tests rebuild scenes from their seed), which one builder class guarantees.
+
 A scene is built in a pybullet DIRECT client from one integer seed, so the same seed rebuilds the
 same scene (the tests rebuild scenes to check the recorded ground truth against independent ray
 tests). Every body carries a class id of config/classes.yaml and a LiDAR reflectivity; robots
