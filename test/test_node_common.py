@@ -87,6 +87,23 @@ def test_perception_parameters_exist_before_configure_and_are_checked(
         node.destroy_node()
 
 
+@pytest.mark.ros
+def test_integers_are_accepted_for_doubles_and_double_arrays(rclpy_context) -> None:
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    from rmseg_ros.nodes.common import declare_parameters, parameter_values
+
+    specs = (ParamSpec('rate', 1.0, 'x'), ParamSpec('color', [255.0, 64.0, 0.0], 'y'))
+    node = Node('ints', context=rclpy_context, parameter_overrides=[
+        Parameter('rate', value=2), Parameter('color', value=[1, 2, 3])])
+    try:
+        declare_parameters(node, specs)
+        assert parameter_values(node, specs) == {'rate': 2.0, 'color': [1.0, 2.0, 3.0]}
+    finally:
+        node.destroy_node()
+
+
 def test_robotseg_config_is_built_and_checked_without_a_node() -> None:
     from rmseg_ros.nodes.robotseg_node import PARAMETERS, robotseg_config
     from rmseg_ros.params import defaults

@@ -40,14 +40,21 @@ def make_qos(reliability: str, depth: int) -> QoSProfile:
                       durability=DurabilityPolicy.VOLATILE)
 
 
+def _is_double(default: Any) -> bool:
+    """A double or a double array: integers given for it are accepted and converted."""
+    return isinstance(default, float) or (
+        isinstance(default, list) and bool(default) and isinstance(default[0], float))
+
+
 def declare_parameters(node: Any, specs: Iterable[ParamSpec]) -> None:
-    """Declare a ParamSpec table on `node` (overrides given at construction apply). Doubles are
-    dynamically typed so `x:=1` is accepted (read_parameters converts it); an empty-list default
-    is an optional string array, declared typed and unset."""
+    """Declare a ParamSpec table on `node` (overrides given at construction apply). Doubles and
+    double arrays are dynamically typed so `x:=1` and `c:=[255, 0, 0]` are accepted
+    (parameter_values converts them); an empty-list default is an optional string array,
+    declared typed and unset."""
     for spec in specs:
         descriptor = ParameterDescriptor(
             description=spec.describe(), read_only=spec.read_only,
-            dynamic_typing=isinstance(spec.default, float),
+            dynamic_typing=_is_double(spec.default),
             additional_constraints=f"one of {', '.join(map(str, spec.choices))}"
             if spec.choices else '')
         default = Parameter.Type.STRING_ARRAY if spec.default == [] else spec.default
