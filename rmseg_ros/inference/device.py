@@ -45,9 +45,12 @@ def resolve_backend(backend: str, device: str) -> str:
     """'auto' -> 'torch' on CUDA, 'onnx' (onnxruntime, faster on a CPU) otherwise."""
     if backend not in BACKENDS:
         raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
-    if backend != 'auto':
-        return backend
-    return 'torch' if resolve_device(device).startswith('cuda') else 'onnx'
+    if backend != 'auto' or device == 'cpu':
+        return 'onnx' if backend == 'auto' else backend
+    import torch
+
+    # no resolve_device() here: its warning about a missing GPU is the Segmenter's to give, once
+    return 'torch' if torch.cuda.is_available() else 'onnx'
 
 
 def is_cuda_failure(exc: BaseException) -> bool:

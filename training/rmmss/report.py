@@ -35,7 +35,6 @@ MODELS = {  # run name -> (row label, key prefix in results.json)
 }
 SEEDED = ('robust', 'dropout', 'fsm')
 CLASS_SUBSETS = ('RDLE', 'R', 'D')
-VALIDATED = ('RDLE', 'R', 'D', 'L', 'E')  # training/configs/rmmss.yaml validate.subsets
 CURVE_FILE = 'rmmss_curves.png'
 
 
@@ -101,11 +100,12 @@ def last_fifth_change(curve: list[tuple[int, float]]) -> float | None:
     return None if not before else round(100.0 * (end - before[-1]), 2)
 
 
-def _validated_mean(ev: dict[str, Any]) -> float | None:
-    """Mean mIoU (%) over the subsets validated during training (the curves' figure)."""
+def _validated_mean(ev: dict[str, Any], validated: list[str]) -> float | None:
+    """Mean mIoU (%) over the subsets the run validated (`validate.subsets` of its config):
+    the figure of its validation curve."""
     subsets = ev.get('emm', {}).get('remove', {}).get('subsets', {})
-    values = [subsets[s]['miou'] for s in VALIDATED if s in subsets]
-    return _pct(sum(values) / len(values)) if len(values) == len(VALIDATED) else None
+    values = [subsets[s]['miou'] for s in validated if s in subsets]
+    return _pct(sum(values) / len(values)) if values and len(values) == len(validated) else None
 
 
 def fsm_second_half(runs: Path, seeds: list[int]) -> dict[str, dict[str, float | None]]:
@@ -116,10 +116,12 @@ def fsm_second_half(runs: Path, seeds: list[int]) -> dict[str, dict[str, float |
     for seed in seeds:
         half, end = (runs / f'seed{seed}' / f'eval_fsm_{p}_val' / 'eval.json'
                      for p in ('half', 'end'))
-        if not (half.exists() and end.exists()):
+        config = runs / f'seed{seed}' / 'fsm' / 'config.yaml'
+        if not (half.exists() and end.exists() and config.exists()):
             continue
+        validated = yaml.safe_load(config.read_text())['validate']['subsets']
         a, b = (json.loads(p.read_text()) for p in (half, end))
-        va, vb = _validated_mean(a), _validated_mean(b)
+        va, vb = _validated_mean(a, validated), _validated_mean(b, validated)
         ma, mb = (a['emm']['remove']['mean_miou'], b['emm']['remove']['mean_miou'])
         out[str(seed)] = {
             'validated_mean_half': va, 'validated_mean_end': vb,
