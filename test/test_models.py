@@ -81,8 +81,8 @@ def _net(seed: int = 0, **kw) -> FusionSegNet:
     return _calibrate(_randomise(FusionSegNet(_cfg(**kw)), seed))
 
 
-def _student(seed: int = 0) -> FSMStudent:
-    teacher, robust = _net(seed), _net(seed + 1)
+def _student(seed: int = 0, **kw) -> FSMStudent:
+    teacher, robust = _net(seed, **kw), _net(seed + 1, **kw)
     torch.manual_seed(seed + 2)
     return _calibrate(_randomise(FSMStudent(teacher, robust, FSMConfig(hidden=8)), seed + 3))
 
@@ -112,6 +112,26 @@ def test_forward_shapes_for_every_subset(shared):
                 assert feat.shape == (2, width, H // stride, W // stride)
                 assert set(out.modality_features[s]) == set(subset)
             assert torch.isfinite(out.logits).all()
+
+
+def test_rgb_standardize_divides_out_a_light_gain():
+    """With rgb_standardize the prediction does not change when the scene gets darker (every
+    pixel of the camera image times 0.3 before the fixed normalisation); without it, it does."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    pixels = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(3))
+    lit, dark = (pixels - mean) / std, (0.3 * pixels - mean) / std
+    pres = _presence(('rgb',))
+    with torch.no_grad():
+        for on in (True, False):
+            net = _net(rgb_standardize=on).eval()
+            a, b = net({'rgb': lit}, pres).logits, net({'rgb': dark}, pres).logits
+            assert torch.allclose(a, b, atol=1e-3) == on
+        # an all-zero image (the 'zero' missing mode) stays finite
+        net = _net(rgb_standardize=True).eval()
+        out = net({**_inputs(), 'rgb': torch.zeros(1, 3, H, W)}, torch.ones(4, dtype=torch.bool),
+                  missing='zero').logits
+        assert torch.isfinite(out).all()
 
 
 def test_removed_modality_has_no_influence_but_a_zero_filled_one_has():
@@ -409,7 +429,7 @@ def test_foreign_files_are_refused(tmp_path):
 @pytest.fixture(scope='module')
 def student_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp('ckpt') / 'student.safetensors'
-    model = _student(seed=5)
+    model = _student(seed=5, rgb_standardize=True)  # as shipped (training/configs/rmmss.yaml)
     save_checkpoint(path, model.state_dict(), _meta(model, 'fsm_student'))
     return path
 

@@ -244,6 +244,19 @@ def test_sim_bag_masks_match_ground_truth(tmp_path: Path, capsys: pytest.Capture
         assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
         i, u = mask_iou(mask, truth[int(png.stem)])
         assert u > 0 and i / u >= 0.99
+    # --write-calib-error: the written masks come from a camera whose calibration is off (the
+    # baseline of the RobotSeg experiment); the exact render is still what is scored as exact
+    capsys.readouterr()
+    assert train_main(['robot-masks', '--bags', str(bag), '--sim-robots', '--label-dir',
+                       'labels_err', '--write-calib-error', '--calib-error-deg', '3',
+                       '--calib-error-cm', '3', '--iou-against', 'labels/robot',
+                       '--calib-error-draws', '1']) == 0
+    out = capsys.readouterr().out
+    assert float(re.search(r'robot_mask_iou_exact: ([\d.]+)', out).group(1)) >= 99.0
+    pooled = np.zeros(2, np.int64)
+    for png in sorted((bag / 'labels_err' / 'robot').glob('*.png')):
+        pooled += mask_iou(cv2.imread(str(png), cv2.IMREAD_UNCHANGED), truth[int(png.stem)])
+    assert 0.3 < pooled[0] / pooled[1] < 0.99
 
 
 def test_user_bag_robot_description_and_interpolated_joints(tmp_path: Path,

@@ -110,6 +110,45 @@ def test_read_video_from_a_bag_and_cache(tmp_path: Path) -> None:
         load_videos([str(tmp_path / 'nothing' / '*')], data)
 
 
+def test_masks_from_kinematic_pngs_replace_the_topic(tmp_path: Path) -> None:
+    """`data.robot_masks` reads <bag>/<dir>/robot/<stamp>.png (what robot-masks writes) instead
+    of the bag's mask topic; a frame without a PNG is left out; a re-render changes the cache."""
+    video = moving_square_video(6)
+    bag = write_bag(tmp_path / 'bags' / 'scene_a', video)
+    stamps = read_video(bag, (24, 32)).stamps  # the bag's header stamps
+    out = bag / 'labels_kin' / 'robot'
+    out.mkdir(parents=True)
+    for stamp, mask in list(zip(stamps, video.masks, strict=True))[:5]:
+        cv2.imwrite(str(out / f'{stamp}.png'), np.roll(mask, 3, axis=1))  # shifted: not truth
+    v = read_video(bag, (24, 32), mask_dir='labels_kin')
+    assert list(v.stamps) == list(stamps[:5])
+    shifted = [cv2.resize(np.roll(m, 3, axis=1), (32, 24), interpolation=cv2.INTER_NEAREST)
+               for m in video.masks[:5]]
+    np.testing.assert_array_equal(v.masks, np.stack(shifted))
+    data = DataConfig(cache_dir=str(tmp_path / 'cache'), height=24, width=32,
+                      robot_masks='labels_kin')
+    assert len(load_videos([str(tmp_path / 'bags' / '*')], data)[0].stamps) == 5
+    cv2.imwrite(str(out / f'{stamps[5]}.png'), video.masks[5])
+    assert len(load_videos([str(tmp_path / 'bags' / '*')], data)[0].stamps) == 6
+    with pytest.raises(ValueError, match='labels_none'):
+        read_video(bag, (24, 32), mask_dir='labels_none')
+
+
+def test_given_masks_scored_against_truth_by_stamp() -> None:
+    """The kinematic baseline: masks made without the model, matched by video and stamp; a
+    frame with no given mask counts as an empty prediction."""
+    from training.robotseg.evaluate import evaluate_given_masks
+
+    cfg, _ = load_config(None, 'robotseg', smoke=True)
+    truth = moving_square_video(6, 'a')
+    perfect = evaluate_given_masks([truth], [truth], cfg.evaluate)
+    assert perfect['JF'] == pytest.approx(1.0)
+    partial = Video('a', truth.frames[:3], truth.masks[:3], truth.stamps[:3])
+    ev = evaluate_given_masks([truth], [partial], cfg.evaluate)
+    assert ev['clips']['a']['J'] == pytest.approx(2 / 5)  # frames 1, 2 right; 3, 4, 5 empty
+    assert evaluate_given_masks([truth], [], cfg.evaluate)['JF'] == pytest.approx(0.0)
+
+
 # ----------------------------------------------------------------------------- losses
 
 def test_mask_loss_prefers_the_right_mask() -> None:
@@ -174,7 +213,9 @@ def test_variants_differ_only_where_they_say() -> None:
     for name, path, value in [('no_sema', 'model.use_sema', False),
                               ('no_rpg', 'model.prompt_mode', 'random'),
                               ('no_cycle', 'loss.cycle_weight', 0.0),
-                              ('supervised', 'data.labels', 'all')]:
+                              ('supervised', 'data.labels', 'all'),
+                              ('kinematic', 'data.robot_masks', 'labels_kin'),
+                              ('kinematic_all', 'data.robot_masks', 'labels_kin')]:
         _cfg, resolved = load_config(None, name)
         section, key = path.split('.')
         assert resolved[section][key] == value
@@ -272,13 +313,20 @@ def test_smoke_train_resume_export_evaluate_report(tmp_path: Path, monkeypatch) 
     assert 0.0 <= ev['JF'] <= 1.0 and ev['clips']['a']['frames'] == 5
     flow = evaluate_flow(videos, cfg.evaluate, cfg.flow)
     runs = tmp_path / 'runs'
-    runs.mkdir()
-    (runs / 'eval_flow.json').write_text(json.dumps(flow))
-    (runs / 'eval_robotseg.json').write_text(json.dumps({**ev, 'train': {'step': 5}}))
-    figures = collect(runs)
-    assert figures['robotseg_jf'] == pytest.approx(100 * ev['JF'], abs=0.01)
+    # two deployment sets and a stress set: the deployment row is the mean over sets, with the
+    # standard error over sets; the stress row feeds unseen_robot_jf
+    for name, shift in (('dep_a', 0.0), ('dep_b', 0.1), ('stress_s', -0.2)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / 'eval_flow.json').write_text(json.dumps(flow))
+        scored = {**ev, 'JF': ev['JF'] + shift, 'train': {'step': 5, 'labelled_frames': 3}}
+        (runs / name / 'eval_robotseg.json').write_text(json.dumps(scored))
+    figures = collect(runs, deployment=['dep_a', 'dep_b'], stress=['stress_s'])
+    assert figures['robotseg_jf'] == pytest.approx(100 * ev['JF'] + 5.0, abs=0.01)
+    assert figures['robotseg_jf_se'] == pytest.approx(5.0, abs=0.01)  # std 7.07 / sqrt 2
+    assert figures['unseen_robot_jf'] == pytest.approx(100 * ev['JF'] - 20.0, abs=0.01)
     assert figures['robotseg_minus_flow'] == pytest.approx(
         figures['robotseg_jf'] - figures['flow_jf'], abs=0.02)
+    assert figures['robotseg_train_steps'] == 5
     write(figures, tmp_path / 'docs')
     md = (tmp_path / 'docs' / 'results.md').read_text()
     js = json.loads((tmp_path / 'docs' / 'results.json').read_text())

@@ -55,6 +55,9 @@ class FusionConfig:
     attention_heads: int = 4
     shared_encoder: bool = True  # one encoder over a modality axis (AnySeg-style)
     expansion: int = 2  # inverted-residual expansion ratio
+    # per image and channel zero mean, unit std of the RGB input: a global light gain is divided
+    # out, so a dark scene reaches the encoder with the contrast of a lit one
+    rgb_standardize: bool = False
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
@@ -345,6 +348,8 @@ class FusionSegNet(nn.Module):
                 ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]],
                           list[dict[str, torch.Tensor]]]:
         names, tensors, mask = self._select(inputs, presence, missing, static)
+        if self.cfg.rgb_standardize and 'rgb' in tensors:
+            tensors = {**tensors, 'rgb': standardize_image(tensors['rgb'])}
         batch = next(iter(tensors.values())).shape[0]
         idx = [INDEX[m] for m in names]
         stems = [self.stems[m](tensors[m]) for m in names]
@@ -420,6 +425,13 @@ def fuse_batchnorm(module: nn.Module) -> None:
     for sub in module.modules():
         if isinstance(sub, ConvBN):
             sub.fuse()
+
+
+def standardize_image(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """(B, C, H, W) -> per sample and channel zero mean, unit std (an all-zero image stays 0)."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    var = (x - mean).square().mean(dim=(2, 3), keepdim=True)
+    return (x - mean) * torch.rsqrt(var + eps)
 
 
 def input_hw(inputs: dict[str, torch.Tensor]) -> tuple[int, int]:

@@ -44,14 +44,38 @@ def bag_dirs(patterns: list[str]) -> list[Path]:
     return sorted(found)
 
 
+def mask_png_dir(bag: str | Path, mask_dir: str) -> Path:
+    """Where `rmseg-train robot-masks --label-dir mask_dir` wrote the masks of `bag`."""
+    return Path(bag) / mask_dir / 'robot'
+
+
+def read_mask_pngs(directory: Path, hw: tuple[int, int]) -> dict[int, np.ndarray]:
+    """stamp_ns -> {0, 1} mask resized to hw, from <stamp_ns>.png files."""
+    masks: dict[int, np.ndarray] = {}
+    for path in sorted(directory.glob('*.png')):
+        if not path.stem.isdigit():
+            continue
+        m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if m is None:
+            raise ValueError(f'{path}: not a readable PNG')
+        masks[int(path.stem)] = cv2.resize((m > 0).astype(np.uint8), (hw[1], hw[0]),
+                                           interpolation=cv2.INTER_NEAREST)
+    return masks
+
+
 def read_video(bag: str | Path, hw: tuple[int, int], rgb_topic: str = 'camera/image',
-               robot_topic: str = 'labels/robot') -> Video:
-    """Camera frames that have a robot mask with the same stamp, resized to hw."""
+               robot_topic: str = 'labels/robot', mask_dir: str = '') -> Video:
+    """Camera frames that have a robot mask with the same stamp, resized to hw. The masks come
+    from `robot_topic`, or with `mask_dir` from the PNGs of `mask_png_dir(bag, mask_dir)`
+    (kinematic masks rendered by `rmseg-train robot-masks`)."""
     from rmseg_ros.bag_recovery import open_any_reader  # truncated / damaged mcap
 
-    want = {rgb_topic.lstrip('/'): 'rgb', robot_topic.lstrip('/'): 'mask'}
+    want = {rgb_topic.lstrip('/'): 'rgb'}
+    if not mask_dir:
+        want[robot_topic.lstrip('/')] = 'mask'
     images: dict[int, np.ndarray] = {}
-    masks: dict[int, np.ndarray] = {}
+    masks: dict[int, np.ndarray] = read_mask_pngs(mask_png_dir(bag, mask_dir), hw) \
+        if mask_dir else {}
     with open_any_reader(bag) as reader:
         conns = [c for c in reader.connections if c.topic.lstrip('/') in want]
         for conn, _, raw in reader.messages(connections=conns):
@@ -65,7 +89,8 @@ def read_video(bag: str | Path, hw: tuple[int, int], rgb_topic: str = 'camera/im
                 masks[stamp] = cv2.resize(m, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
     stamps = sorted(set(images) & set(masks))
     if not stamps:
-        raise ValueError(f'{bag}: no frame on {rgb_topic!r} has a mask on {robot_topic!r}')
+        source = f'in {mask_png_dir(bag, mask_dir)}' if mask_dir else f'on {robot_topic!r}'
+        raise ValueError(f'{bag}: no frame on {rgb_topic!r} has a mask {source}')
     return Video(Path(bag).name, np.stack([images[s] for s in stamps]),
                  np.stack([masks[s] for s in stamps]), np.asarray(stamps, np.int64))
 
@@ -83,14 +108,18 @@ def load_videos(patterns: list[str], data: DataConfig, max_videos: int = 0) -> l
     videos = []
     for bag in bags:
         files = sorted(str(p.stat().st_size) + p.name for p in bag.iterdir() if p.is_file())
+        if data.robot_masks:  # the rendered masks are part of the key: a re-render counts
+            files += sorted(f'{p.stat().st_mtime_ns}{p.name}'
+                            for p in mask_png_dir(bag, data.robot_masks).glob('*.png'))
         key = hashlib.sha256(repr((str(bag.resolve()), files, data.hw, data.rgb_topic,
-                                   data.robot_topic)).encode()).hexdigest()[:16]
+                                   data.robot_topic, data.robot_masks)).encode()
+                             ).hexdigest()[:16]
         path = cache / f'{bag.name}_{key}.npz'
         if path.exists():
             z = np.load(path)
             videos.append(Video(bag.name, z['frames'], z['masks'], z['stamps']))
             continue
-        v = read_video(bag, data.hw, data.rgb_topic, data.robot_topic)
+        v = read_video(bag, data.hw, data.rgb_topic, data.robot_topic, data.robot_masks)
         atomic_write(path, lambda f, v=v: np.savez(f, frames=v.frames, masks=v.masks,
                                                    stamps=v.stamps))
         videos.append(v)

@@ -37,6 +37,9 @@ class DataConfig:
     cache_dir: str = 'data/robotseg/cache'  # decoded frames + masks per bag (npz)
     rgb_topic: str = 'camera/image'
     robot_topic: str = 'labels/robot'
+    # '': masks from robot_topic; a name: the PNGs of <bag>/<name>/robot/<stamp_ns>.png
+    # (kinematic masks from `rmseg-train robot-masks --label-dir <name>`)
+    robot_masks: str = ''
     height: int = 120  # training / evaluation resolution
     width: int = 160
     clip_length: int = 10  # training videos are cut into clips of this many frames
@@ -88,9 +91,21 @@ class FlowConfig:
 @dataclass
 class ExperimentConfig:
     variants: list[str] = field(default_factory=lambda: [
-        'robotseg', 'supervised', 'no_sema', 'no_rpg', 'no_cycle'])
+        'robotseg', 'kinematic', 'kinematic_all', 'supervised'])
     sim_config: str = 'training/configs/robotseg_sim.yaml'  # held-out data sets to render
     data_root: str = 'data/robotseg'
+    # sets of sim_config scored: the robot trained for (mean and s.e. over sets) / one never seen
+    deployment_sets: list[str] = field(default_factory=lambda: [
+        'deploy_dark', 'deploy_lit', 'deploy_bright'])
+    stress_sets: list[str] = field(default_factory=lambda: ['stress'])
+    kinematic_masks: str = 'labels_kin'  # rendered into the training bags, exact calibration
+    calib_masks: str = 'labels_kin_calib'  # rendered into the test bags with the error below
+    calib_error_deg: float = 1.0
+    calib_error_cm: float = 1.0
+
+    def set_bags(self, name: str) -> list[str]:
+        """The bag globs of a rendered set."""
+        return [f'{self.data_root}/{name}/*/scene_*']
 
 
 @dataclass

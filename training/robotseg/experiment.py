@@ -1,13 +1,15 @@
-"""The RobotSeg experiment: render the held-out data, train every variant with the same step
-budget, evaluate them and the flow baseline on the held-out videos, write the results section.
+"""The RobotSeg experiment: render the data sets and their kinematic robot masks, train every
+variant with the same step budget, evaluate them and the baselines on every held-out set
+(deployment sets: the robot trained for; stress sets: a robot never seen), write the results.
 
     python -m training.robotseg.experiment [--config FILE] [--steps N] [--jobs J]
         [--variants robotseg supervised ...] [--data-only] [--no-train] [--no-report] [--smoke]
 
-Everything resumes: rendered scenes, decoded videos (npz cache), training runs (checkpoints)
-and finished evaluations (eval_<name>.json, recomputed when the model file is newer) are kept.
-Variants train in `--jobs` parallel processes (one torch thread each). Outputs go to
-<out_root>/{<variant>/, eval_<name>.json, experiment.json}; the report goes to docs/.
+Everything resumes: rendered scenes, kinematic masks (masks_<set>.json), decoded videos (npz
+cache), training runs (checkpoints) and finished evaluations (<set>/eval_<name>.json, recomputed
+when the model file is newer) are kept. Variants train in `--jobs` parallel processes (one torch
+thread each). Outputs go to <out_root>/{<variant>/, <set>/eval_<name>.json, masks_<set>.json,
+experiment.json}; the report goes to docs/.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
+from .config import RobotSegTrainConfig, load_config
 
 log = logging.getLogger('robotseg.experiment')
 
@@ -74,23 +77,67 @@ def _fresh(result: Path, model: Path | None) -> bool:
     return model is None or result.stat().st_mtime >= model.stat().st_mtime
 
 
-def evaluate_all(config: str | None, variants: list[str], smoke: bool) -> dict[str, Any]:
-    """eval_<variant>.json for each trained variant and eval_flow.json (the baseline)."""
+def kinematic_masks(base: RobotSegTrainConfig, sets: list[str]) -> dict[str, Any]:
+    """Robot masks rendered from the kinematics (`rmseg-train robot-masks --sim-robots`): exact
+    ones into the training bags (the labels of the kinematic variants) and ones with the
+    configured calibration error into the test sets' bags (a baseline), each scored against the
+    simulator's labels/robot. One masks_<set>.json per set; a set already done is kept."""
+    from .clips import bag_dirs
+    from .robot_masks import build_parser, make_masks
+
+    ex = base.experiment
+    root = Path(base.out_root)
+    root.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {}
+    for name in ['train', *sets]:
+        path = root / f'masks_{name}.json'
+        if not path.exists():
+            bags = [str(b) for b in bag_dirs(ex.set_bags(name))]
+            if not bags:
+                raise FileNotFoundError(f'set {name!r}: no bags under {ex.data_root}/{name}')
+            train = name == 'train'
+            argv = ['--bags', *bags, '--sim-robots', '--iou-against', base.data.robot_topic,
+                    '--label-dir', ex.kinematic_masks if train else ex.calib_masks,
+                    '--calib-error-deg', str(ex.calib_error_deg),
+                    '--calib-error-cm', str(ex.calib_error_cm), '--calib-error-draws', '2']
+            res = make_masks(build_parser().parse_args(
+                argv if train else [*argv, '--write-calib-error']))
+            path.write_text(json.dumps(res, indent=1))
+            log.info('kinematic masks of %s: IoU %.2f %% exact, %.2f %% with the calibration '
+                     'error', name, res['iou_exact'], res['iou_calib_error'])
+        out[name] = json.loads(path.read_text())
+    return out
+
+
+def evaluate_set(config: str | None, variants: list[str], name: str, smoke: bool
+                 ) -> dict[str, Any]:
+    """eval_<variant>.json of each trained variant, eval_flow.json and eval_kinematic_calib.json
+    (the test bags' masks rendered with the calibration error) on one set, under
+    <out_root>/<set>/."""
     import torch
 
     from .clips import load_videos
-    from .evaluate import evaluate_checkpoint, evaluate_flow
+    from .evaluate import evaluate_checkpoint, evaluate_flow, evaluate_given_masks
 
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', '1')))
     base, _ = load_config(config, None, smoke)
-    videos = load_videos(base.data.test, base.data, base.evaluate.max_videos)
-    root = Path(base.out_root)
+    ex = base.experiment
+    videos = load_videos(ex.set_bags(name), base.data, base.evaluate.max_videos)
+    root = Path(base.out_root) / name
+    root.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     flow_path = root / 'eval_flow.json'
     if not _fresh(flow_path, None):
         flow_path.write_text(json.dumps(evaluate_flow(videos, base.evaluate, base.flow),
                                         indent=1))
     results['flow'] = json.loads(flow_path.read_text())
+    calib_path = root / 'eval_kinematic_calib.json'
+    if not _fresh(calib_path, None):
+        given = load_videos(ex.set_bags(name), replace(base.data, robot_masks=ex.calib_masks),
+                            base.evaluate.max_videos)
+        calib_path.write_text(json.dumps(evaluate_given_masks(videos, given, base.evaluate),
+                                         indent=1))
+    results['kinematic_calib'] = json.loads(calib_path.read_text())
     for v in variants:
         cfg, _ = load_config(config, v, smoke)
         model = Path(cfg.evaluate.checkpoint) if cfg.evaluate.checkpoint else \
@@ -107,9 +154,19 @@ def evaluate_all(config: str | None, variants: list[str], smoke: bool) -> dict[s
                                                         'labelled_frames')}
             path.write_text(json.dumps(res, indent=1))
         results[v] = json.loads(path.read_text())
-        log.info('%s: J&F %.2f', v, 100 * results[v]['JF'])
-    log.info('flow baseline: J&F %.2f', 100 * results['flow']['JF'])
+        log.info('%s on %s: J&F %.2f', v, name, 100 * results[v]['JF'])
+    log.info('%s: flow baseline J&F %.2f, kinematic masks with calibration error %.2f', name,
+             100 * results['flow']['JF'], 100 * results['kinematic_calib']['JF'])
     return results
+
+
+def evaluate_all(config: str | None, variants: list[str], smoke: bool
+                 ) -> dict[str, dict[str, Any]]:
+    """evaluate_set over every deployment and stress set: set -> results."""
+    base, _ = load_config(config, None, smoke)
+    ex = base.experiment
+    return {name: evaluate_set(config, variants, name, smoke)
+            for name in [*ex.deployment_sets, *ex.stress_sets]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--variants', nargs='+', default=None)
     ap.add_argument('--steps', type=int, default=None, help='override run.steps of every row')
     ap.add_argument('--jobs', type=int, default=1, help='variants trained at the same time')
-    ap.add_argument('--data-only', action='store_true', help='only render the data sets')
+    ap.add_argument('--data-only', action='store_true',
+                    help='only render the data sets and their kinematic masks')
     ap.add_argument('--no-data', action='store_true', help='do not render missing data')
     ap.add_argument('--no-train', action='store_true')
     ap.add_argument('--no-report', action='store_true')
@@ -135,12 +193,15 @@ def main(argv: list[str] | None = None) -> int:
         from .simdata import render_sets
 
         render_sets(base.experiment.sim_config, base.experiment.data_root, smoke=args.smoke)
+        kinematic_masks(base, [*base.experiment.deployment_sets, *base.experiment.stress_sets])
         if args.data_only:
             return 0
     if not args.no_train:  # decode the videos once, before parallel trainers read the cache
         from .clips import load_videos
 
-        load_videos(base.data.train, base.data, base.data.max_train_videos)
+        for v in variants:
+            cfg, _ = load_config(args.config, v, args.smoke)
+            load_videos(cfg.data.train, cfg.data, cfg.data.max_train_videos)
     status = {} if args.no_train else train_all(args.config, variants, args.steps, args.jobs,
                                                 args.smoke)
     failed = [v for v, s in status.items() if s != 0]
@@ -152,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_report:
         from .report import collect, write
 
-        write(collect(root), Path(args.docs))
+        ex = base.experiment
+        write(collect(root, Path(ex.sim_config), ex.deployment_sets, ex.stress_sets),
+              Path(args.docs))
     if failed:
         log.error('training failed for %s (see <run>/train_log.txt)', failed)
         return 1

@@ -28,6 +28,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -215,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help='random calibration errors per bag (IoU pooled over all)')
     ap.add_argument('--seed', type=int, default=0, help='seed of the calibration errors')
     ap.add_argument('--no-write', action='store_true', help='score only, write no PNG')
+    ap.add_argument('--write-calib-error', action='store_true',
+                    help='write masks rendered with one random calibration error per bag '
+                         '(--calib-error-deg / --calib-error-cm, --seed) instead of the exact '
+                         'ones: the self-filter of a robot whose camera calibration is off')
     return ap
 
 
@@ -232,33 +237,42 @@ def _robots(opts: argparse.Namespace, bag: Path, kin: BagKinematics) -> list[Rob
     return [RobotModel(None, frames[0] if frames else None, kin.robot_description)]
 
 
-def run(args: argparse.Namespace, extra: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s', stream=sys.stderr)
-    opts = build_parser().parse_args([a for a in extra if a != '--'])
+def make_masks(opts: argparse.Namespace, out_root: str | Path | None = None) -> dict[str, Any]:
+    """Render (and write, unless opts.no_write) the masks of every bag of `opts` (the parsed
+    `rmseg-train robot-masks` options); with opts.iou_against, score them. Returns the pooled
+    figures: frames written, frames scored, IoU (%) exact and with the calibration error."""
     packages = {}
     for item in opts.package_path:
         name, sep, path = item.partition('=')
         if not sep or not name:
-            raise SystemExit(f'--package-path expects NAME=DIR, got {item!r}')
+            raise ValueError(f'--package-path expects NAME=DIR, got {item!r}')
         packages[name] = path
     topics = Topics(image=opts.image_topic, camera_info=opts.camera_info_topic,
                     joint_states=opts.joint_states_topic)
     exact, calib = np.zeros(2, np.int64), np.zeros(2, np.int64)
-    scored = 0
+    scored = written = 0
     for b, bag in enumerate(Path(x) for x in opts.bags):
         kin = read_bag(bag, topics, opts.iou_against)
-        out_dir = (Path(args.out) / bag.name if getattr(args, 'out', None) else bag) / \
-            opts.label_dir / 'robot'
+        out_dir = (Path(out_root) / bag.name if out_root else bag) / opts.label_dir / 'robot'
         stats = MaskStats()
+        rng = np.random.default_rng([opts.seed, b])
+        # --write-calib-error: the written masks come from one drawn calibration error
+        write_err = calibration_error(opts.calib_error_deg, opts.calib_error_cm / 100.0, rng) \
+            if opts.write_calib_error else None
         with KinematicRenderer(_robots(opts, bag, kin), packages) as renderer:
-            for stamp, mask in render_bag(kin, renderer, None, opts.near, opts.far, stats):
+            for stamp, mask in render_bag(kin, renderer, write_err, opts.near, opts.far, stats):
                 if not opts.no_write:
                     write_png(out_dir / f'{stamp}.png', mask)
-                if opts.iou_against and stamp in kin.truth:
+                    written += 1
+                if opts.iou_against and stamp in kin.truth and write_err is None:
                     exact += mask_iou(mask, kin.truth[stamp])
                     scored += 1
             if opts.iou_against:
-                rng = np.random.default_rng([opts.seed, b])
+                if write_err is not None:  # the exact render is scored without writing it
+                    for stamp, mask in render_bag(kin, renderer, None, opts.near, opts.far):
+                        if stamp in kin.truth:
+                            exact += mask_iou(mask, kin.truth[stamp])
+                            scored += 1
                 for _ in range(opts.calib_error_draws):
                     err = calibration_error(opts.calib_error_deg, opts.calib_error_cm / 100.0,
                                             rng)
@@ -268,14 +282,28 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         print(f'{bag}: {stats.frames} of {len(kin.frames)} frames'
               f'{"" if opts.no_write else f" -> {out_dir}"}; skipped: {stats.skipped}',
               file=sys.stderr)
+    return {'bags': len(opts.bags), 'frames_written': written, 'frames_scored': scored,
+            'iou_exact': 100.0 * exact[0] / max(exact[1], 1) if scored else None,
+            'iou_calib_error': 100.0 * calib[0] / max(calib[1], 1) if scored else None,
+            'calib_error_deg': opts.calib_error_deg, 'calib_error_cm': opts.calib_error_cm,
+            'calib_error_draws': opts.calib_error_draws}
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s', stream=sys.stderr)
+    opts = build_parser().parse_args([a for a in extra if a != '--'])
+    try:
+        res = make_masks(opts, getattr(args, 'out', None))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     if opts.iou_against:
-        if not scored:
+        if not res['frames_scored']:
             print(f'no frame has a mask on {opts.iou_against!r} to score against',
                   file=sys.stderr)
             return 1
-        print(f'robot_mask_frames: {scored} frames')
-        print(f'robot_mask_iou_exact: {100.0 * exact[0] / max(exact[1], 1):.2f} %')
-        print(f'robot_mask_iou_calib_err: {100.0 * calib[0] / max(calib[1], 1):.2f} % '
+        print(f'robot_mask_frames: {res["frames_scored"]} frames')
+        print(f'robot_mask_iou_exact: {res["iou_exact"]:.2f} %')
+        print(f'robot_mask_iou_calib_err: {res["iou_calib_error"]:.2f} % '
               f'({opts.calib_error_deg:g} deg, {opts.calib_error_cm:g} cm, '
               f'{opts.calib_error_draws} draws per bag)')
     return 0
