@@ -153,9 +153,9 @@ robult-results: setup  ## Robult vs supervised-only at 10/50% labels + inside RM
 	$(PY) -m training.robult.report --runs runs/robult --long-runs runs/robult_long \
 	  runs/robult_2000 --recording-runs runs/robult_rec --docs docs
 
-robotseg-results: setup  ## RobotSeg: held-out robot videos, 5 variants + flow baseline, J&F (resumes) -> docs/results, weights/
-	OMP_NUM_THREADS=1 $(PY) -m training.robotseg.experiment --jobs 5
-	cp runs/robotseg/robotseg/model.safetensors weights/robotseg.safetensors
+robotseg-results: setup  ## RobotSeg: sim sets + kinematic masks, 4 variants, flow and kinematic baselines, J&F per set (resumes) -> docs/results, weights/
+	OMP_NUM_THREADS=1 $(PY) -m training.robotseg.experiment --jobs 2
+	cp runs/robotseg/kinematic/model.safetensors weights/robotseg.safetensors
 
 rss-results: setup  ## RSS ablation (Tables 1-3 structure; ~45 min on 2 cores, resumes) -> docs/results
 	OMP_NUM_THREADS=1 $(PY) -m training.rss.ablation --budget training/configs/rss_ablation.yaml

@@ -320,6 +320,8 @@ def test_smoke_train_resume_export_evaluate_report(tmp_path: Path, monkeypatch) 
         (runs / name / 'eval_flow.json').write_text(json.dumps(flow))
         scored = {**ev, 'JF': ev['JF'] + shift, 'train': {'step': 5, 'labelled_frames': 3}}
         (runs / name / 'eval_robotseg.json').write_text(json.dumps(scored))
+        half = {**scored, 'JF': scored['JF'] - 0.02}
+        (runs / name / 'eval_robotseg_half.json').write_text(json.dumps(half))
     figures = collect(runs, deployment=['dep_a', 'dep_b'], stress=['stress_s'])
     assert figures['robotseg_jf'] == pytest.approx(100 * ev['JF'] + 5.0, abs=0.01)
     assert figures['robotseg_jf_se'] == pytest.approx(5.0, abs=0.01)  # std 7.07 / sqrt 2
@@ -327,6 +329,7 @@ def test_smoke_train_resume_export_evaluate_report(tmp_path: Path, monkeypatch) 
     assert figures['robotseg_minus_flow'] == pytest.approx(
         figures['robotseg_jf'] - figures['flow_jf'], abs=0.02)
     assert figures['robotseg_train_steps'] == 5
+    assert figures['robotseg_second_half_change'] == pytest.approx(2.0, abs=0.01)
     write(figures, tmp_path / 'docs')
     md = (tmp_path / 'docs' / 'results.md').read_text()
     js = json.loads((tmp_path / 'docs' / 'results.json').read_text())

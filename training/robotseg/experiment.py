@@ -109,6 +109,23 @@ def kinematic_masks(base: RobotSegTrainConfig, sets: list[str]) -> dict[str, Any
     return out
 
 
+def half_model(cfg: RobotSegTrainConfig, variant: str) -> Path | None:
+    """<run>/model_half.safetensors exported from the run's checkpoint at half its steps (None
+    when that checkpoint was not kept: run.ckpt_every / keep_checkpoints)."""
+    from training.engine import list_checkpoints
+
+    from .train import export
+
+    run = cfg.run_dir(variant)
+    src = dict(list_checkpoints(run)).get(cfg.run.steps // 2)
+    if src is None:
+        return None
+    dst = run / 'model_half.safetensors'
+    if not dst.exists() or dst.stat().st_mtime < Path(src).stat().st_mtime:
+        export(run, dst, Path(src))
+    return dst
+
+
 def evaluate_set(config: str | None, variants: list[str], name: str, smoke: bool
                  ) -> dict[str, Any]:
     """eval_<variant>.json of each trained variant, eval_flow.json and eval_kinematic_calib.json
@@ -154,6 +171,12 @@ def evaluate_set(config: str | None, variants: list[str], name: str, smoke: bool
                                                         'labelled_frames')}
             path.write_text(json.dumps(res, indent=1))
         results[v] = json.loads(path.read_text())
+        half = half_model(cfg, v)  # convergence: the same model half-way through its run
+        half_path = root / f'eval_{v}_half.json'
+        if half is not None and not _fresh(half_path, half):
+            res = evaluate_checkpoint(half, videos, cfg.evaluate)
+            res['train'] = {'step': cfg.run.steps // 2}
+            half_path.write_text(json.dumps(res, indent=1))
         log.info('%s on %s: J&F %.2f', v, name, 100 * results[v]['JF'])
     log.info('%s: flow baseline J&F %.2f, kinematic masks with calibration error %.2f', name,
              100 * results['flow']['JF'], 100 * results['kinematic_calib']['JF'])

@@ -63,6 +63,9 @@ def _set_scores(root: Path) -> dict[str, dict[str, Any]]:
                      'jf_se_clips': _pct(se), 'clips': ev['num_clips'],
                      'frames_scored': sum(c['frames'] for c in ev['clips'].values()),
                      'train': ev.get('train') or {}, 'input_hw': ev.get('input_hw')}
+        half = root / f'eval_{name}_half.json'  # the same run at half its steps
+        if half.exists():
+            out[name]['jf_half'] = _pct(json.loads(half.read_text())['JF'])
     return out
 
 
@@ -89,6 +92,11 @@ def collect(runs: Path, sim_sets: Path = DEFAULT_SETS, deployment: list[str] | N
             figures[f'{key}_jf'], se = _mean_se(dep)
             figures[f'{key}_jf'] = round(figures[f'{key}_jf'], 2)
             figures[f'{key}_jf_se'] = None if se is None else round(se, 2)
+        half = [sets[s][name].get('jf_half') for s in figures['deployment_sets']
+                if name in sets[s]]
+        if half and None not in half and f'{key}_jf' in figures:
+            figures[f'{key}_second_half_change'] = round(
+                figures[f'{key}_jf'] - float(np.mean(half)), 2)
         st = [sets[s][name]['jf'] for s in figures['stress_sets'] if name in sets[s]]
         if st and len(st) == len(figures['stress_sets']):
             figures[f'{key}_stress_jf'] = round(float(np.mean(st)), 2)
@@ -176,6 +184,11 @@ def markdown(f: dict[str, Any]) -> str:
         lines.append('RobotSeg from kinematic masks - from true first-frame masks: '
                      f'{f["kinematic_minus_true_masks"]:+.2f} points (target >= -3: '
                      f'{"met" if ok else "missed"}).')
+    changes = [f'{key} {f[f"{key}_second_half_change"]:+.2f}'
+               for key in (k for _, k in ROWS.values()) if f'{key}_second_half_change' in f]
+    if changes:
+        lines.append('Convergence, deployment J&F at the end minus half-way through the same '
+                     'run: ' + '; '.join(changes) + '.')
     if 'kinematic_mask_iou' in f:
         c = f.get('kinematic_mask_calib_error') or {}
         ok = f['kinematic_mask_iou'] >= 95

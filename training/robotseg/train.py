@@ -101,9 +101,9 @@ def checkpoint_metadata(cfg: RobotSegTrainConfig, resolved: dict, mcfg: RobotSeg
             'train_config_hash': config_hash(resolved), 'variant': cfg.variant}
 
 
-def export(run_dir: Path, dst: Path) -> Path:
-    """Newest training checkpoint of a run -> deployable RobotSeg checkpoint."""
-    src = resolve_source(run_dir)
+def export(run_dir: Path, dst: Path, src: Path | None = None) -> Path:
+    """A training checkpoint of a run (default: the newest) -> deployable RobotSeg checkpoint."""
+    src = src or resolve_source(run_dir)
     weights, meta = read_checkpoint(src)
     model = RobotSegModel.from_config(meta['model'])
     model.load_state_dict(weights, strict=True)
