@@ -162,7 +162,7 @@ def markdown(f: dict[str, Any]) -> str:
         'camera calibration off. Deployment = mean over the deployment sets, s.e. over sets. '
         'Written by `python -m training.robotseg.report`.', '',
         '| ' + ' | '.join(['model', 'train steps', 'labelled frames', *dep, 'deployment',
-                           's.e.', *(f'{s} (stress)' for s in stress)]) + ' |',
+                           's.e.', *stress]) + ' |',
         '|---' * (5 + len(dep) + len(stress)) + '|']
     sets = f.get('sets', {})
     for name, (label, key) in ROWS.items():
