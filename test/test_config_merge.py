@@ -88,17 +88,21 @@ def test_xarm6_only_variant_builds_only_xarm6(tmp_path: Path) -> None:
 
 
 def test_robotseg_sets_keep_their_arms_apart() -> None:
+    """Training and deployment sets have the Franka arm alone; the stress set xarm6 alone, which
+    is what the simulator draws for its seeds (other scene settings stay the simulator's)."""
     spec = load_yaml(CONFIGS / 'robotseg_sim.yaml')
-    train = simdata.set_config(spec, 'train')
-    test = simdata.set_config(spec, 'test')
-    assert set(train['scene']['robots']) == {'franka_panda', 'kuka_iiwa'}
-    assert test['scene']['robots'] == {'xarm6': 1.0}
     base = load_yaml(CONFIGS / 'sim.yaml')
-    assert test['scene']['husky_probability'] == base['scene']['husky_probability']
-    assert test['camera'] == base['camera']
+    for name in ('train', 'deploy_dark', 'deploy_lit', 'deploy_bright'):
+        assert simdata.set_config(spec, name)['scene']['robots'] == {'franka_panda': 1.0}
+    stress = simdata.set_config(spec, 'stress')
+    assert stress['scene']['robots'] == {'xarm6': 1.0}
+    assert stress['scene']['husky_probability'] == base['scene']['husky_probability']
+    assert stress['camera'] == base['camera']
     from rmseg_ros.config import from_dict
 
-    assert _arms(from_dict(SimConfig, test), range(9000, 9004)) == {'xarm6'}
+    assert _arms(from_dict(SimConfig, stress), range(9300, 9304)) == {'xarm6'}
+    train = from_dict(SimConfig, simdata.set_config(spec, 'train'))
+    assert _arms(train, range(100, 104)) == {'franka_panda'}
 
 
 def test_stage_smoke_and_variant_sections_still_merge() -> None:
