@@ -145,12 +145,17 @@ def test_outputs_dropout_rejoin_and_enable(tiny_checkpoint, spawn_python, probe)
     assert sum(s in cams for s in recent) >= 4, (recent, sorted(cams)[-10:])
     # the labelled cloud keeps the LiDAR scan's header: its stamp is within slop of the camera
     # stamp of the set it came with (the label images are reliable: the probe has them all).
-    # Clouds first: the labels of the newest cloud's set may still be on their way to the probe.
+    # Clouds first: the labels of the newest cloud's set may still be on their way to the probe,
+    # so wait until they arrived (a condition, not a delay: a loaded host only makes it slower).
     clouds = probe.stamps_of('/perception/labeled_points')
-    time.sleep(0.5)
-    label_stamps = probe.stamps_of('/perception/labels')
-    assert clouds and set(clouds).isdisjoint(label_stamps)  # LiDAR stamps, not camera ones
-    assert all(min(abs(p - c) for c in label_stamps) <= 0.05e9 for p in clouds)
+    assert clouds
+
+    def every_cloud_near_a_label() -> bool:
+        labels = probe.stamps_of('/perception/labels')
+        return bool(labels) and all(min(abs(p - c) for c in labels) <= 0.05e9 for p in clouds)
+
+    probe.wait(every_cloud_near_a_label, 20, 'the label of every labelled cloud\'s set')
+    assert set(clouds).isdisjoint(probe.stamps_of('/perception/labels'))  # LiDAR stamps
 
     _kill(lidar)
     t_kill = time.monotonic()
