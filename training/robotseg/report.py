@@ -1,6 +1,6 @@
 """The RobotSeg results table: eval_*.json -> the `robotseg` section of docs/results.{json,md}.
 
-    python -m training.robotseg.report [--runs runs/robotseg] [--docs docs]
+    python -m training.robotseg.report [--config FILE] [--runs DIR] [--docs docs]
 
 Figures are J&F (and J, F) in %, means over the held-out clips of a set; the deployment row is
 the mean over the deployment sets with the standard error over sets. Targets: RobotSeg >= flow
