@@ -8,11 +8,28 @@ never overwrite each other and every figure in the Markdown is also in the JSON.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 HEADER = ('# Results\n\nMeasured by the project\'s scripts; every figure here is also in '
           '`results.json`.\n')
+
+
+def mean_se(values: list[float | None], digits: int | None = 2
+            ) -> tuple[float | None, float | None]:
+    """Mean and standard error of the mean over the values that are not None (None when there
+    is none; se None for one), rounded to `digits` (None: not rounded)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    mean = float(np.mean(vals))
+    se = float(np.std(vals, ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else None
+    if digits is None:
+        return mean, se
+    return round(mean, digits), None if se is None else round(se, digits)
 
 
 def markers(section: str) -> tuple[str, str]:

@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from rmseg_ros.modalities import all_subsets, subset_name
-from training.results import write_section
+from training.results import mean_se, write_section
 
 SECTION = 'rmmss'
 MODELS = {  # run name -> (row label, key prefix in results.json)
@@ -40,16 +40,6 @@ CURVE_FILE = 'rmmss_curves.png'
 
 def _pct(v: float | None) -> float | None:
     return None if v is None else round(100.0 * v, 2)
-
-
-def mean_se(values: list[float | None]) -> tuple[float | None, float | None]:
-    """Mean and standard error of the mean (None when there is no value; se None for one)."""
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    mean = float(np.mean(vals))
-    se = float(np.std(vals, ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else None
-    return round(mean, 2), None if se is None else round(se, 2)
 
 
 def _eval_figures(ev: dict[str, Any]) -> dict[str, Any]:

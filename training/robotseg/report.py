@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from training.results import write_section
+from training.results import mean_se, write_section
 from training.robotseg.simdata import DEFAULT_SETS
 
 SECTION = 'robotseg'
@@ -43,12 +43,6 @@ def _pct(v: float | None) -> float | None:
     return None if v is None else round(100.0 * float(v), 2)
 
 
-def _mean_se(values: list[float]) -> tuple[float, float | None]:
-    """Mean and standard error of the mean (None for a single value)."""
-    se = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
-    return float(np.mean(values)), se
-
-
 def _set_scores(root: Path) -> dict[str, dict[str, Any]]:
     """method -> J&F, J, F (%), clip s.e. and training facts, of one set directory."""
     out: dict[str, dict[str, Any]] = {}
@@ -58,7 +52,7 @@ def _set_scores(root: Path) -> dict[str, dict[str, Any]]:
             continue
         ev = json.loads(path.read_text())
         per_clip = [c['JF'] for c in ev['clips'].values()]
-        _, se = _mean_se(per_clip) if per_clip else (0.0, None)
+        se = mean_se(per_clip, digits=None)[1]  # of the clip mean
         out[name] = {'jf': _pct(ev['JF']), 'j': _pct(ev['J']), 'f': _pct(ev['F']),
                      'jf_se_clips': _pct(se), 'clips': ev['num_clips'],
                      'frames_scored': sum(c['frames'] for c in ev['clips'].values()),
@@ -89,9 +83,7 @@ def collect(runs: Path, sim_sets: Path = DEFAULT_SETS, deployment: list[str] | N
     for name, (_, key) in ROWS.items():
         dep = [sets[s][name]['jf'] for s in figures['deployment_sets'] if name in sets[s]]
         if dep and len(dep) == len(figures['deployment_sets']):
-            figures[f'{key}_jf'], se = _mean_se(dep)
-            figures[f'{key}_jf'] = round(figures[f'{key}_jf'], 2)
-            figures[f'{key}_jf_se'] = None if se is None else round(se, 2)
+            figures[f'{key}_jf'], figures[f'{key}_jf_se'] = mean_se(dep)
         half = [sets[s][name].get('jf_half') for s in figures['deployment_sets']
                 if name in sets[s]]
         if half and None not in half and f'{key}_jf' in figures:
