@@ -142,23 +142,15 @@ results: setup $(if $(HELDOUT),$(RUNS)/eval_heldout/eval.json) $(RUNS)/eval_teac
 	$(PY) -m training.rmmss.report --runs $(RUNS) --seeds $(SEEDS) --docs docs
 
 ROBULT ?= training/configs/robult.yaml
-robult-results: setup  ## Robult vs supervised-only at 10/50% labels + inside RMMSS robust (resumes) -> docs/results
-	$(PY) -m training.robult.experiment --config $(ROBULT) --no-report
-	$(PY) -m training.robult.experiment --config $(ROBULT) --rows robult10 sup10 --steps 500 \
-	  --out-root runs/robult_long --no-report
-	$(PY) -m training.robult.experiment --config $(ROBULT) --rows robult10 sup10 --steps 2000 \
-	  --out-root runs/robult_2000 --no-report
-	$(PY) -m training.robult.experiment --config $(ROBULT) --rows robult10 sup10 \
-	  --label-unit recording --out-root runs/robult_rec --no-report
-	$(PY) -m training.robult.report --runs runs/robult --long-runs runs/robult_long \
-	  runs/robult_2000 --recording-runs runs/robult_rec --docs docs
+robult-results: setup  ## Robult vs supervised-only at 10/5% of the recordings labelled, 3 seeds (resumes) -> docs/results
+	OMP_NUM_THREADS=1 $(PY) -m training.robult.experiment --config $(ROBULT)
 
 robotseg-results: setup  ## RobotSeg: sim sets + kinematic masks, 4 variants, flow and kinematic baselines, J&F per set (resumes) -> docs/results, weights/
 	OMP_NUM_THREADS=1 $(PY) -m training.robotseg.experiment --jobs 2
 	cp runs/robotseg/kinematic/model.safetensors weights/robotseg.safetensors
 
-rss-results: setup  ## RSS ablation (Tables 1-3 structure; ~45 min on 2 cores, resumes) -> docs/results
-	OMP_NUM_THREADS=1 $(PY) -m training.rss.ablation --budget training/configs/rss_ablation.yaml
+rss-results: setup  ## RSS ablation (Tables 1-4, headline rows 3 seeds, 2 rows at once, resumes) -> docs/results
+	OMP_NUM_THREADS=1 $(PY) -m training.rss.ablation --budget training/configs/rss_ablation.yaml --jobs 2
 
 demo-bag: setup  ## the demo recording: one scene with a LiDAR dropout and an under-exposed stretch
 	$(TRAIN) sim --config training/configs/demo_sim.yaml --out $(DATA)/demo --scenes 1 \

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -551,28 +552,48 @@ def test_experiment_rows_share_the_budget_and_order_dependencies():
 
     cfg, _ = load_config(None)
     exp = cfg.experiment
+    exp.rows, exp.fractions, exp.seeds, exp.label_unit = [], [0.1, 0.5], [3, 7], 'frame'
     rows = plan(exp)
     names = [r.name for r in rows]
-    assert {'sup10', 'robult10', 'sup50', 'robult50', 'rmmss10', 'rmmss_robult10'} <= set(names)
-    teacher = f'{exp.rmmss_teacher}10'
-    assert names.index(teacher) < names.index('rmmss10')
+    for seed in (3, 7):
+        assert {f'seed{seed}/{r}' for r in ('sup10', 'robult10', 'sup50', 'robult50', 'rmmss10',
+                                            'rmmss_robult10')} <= set(names)
+    # the headline pair of every seed starts before any other row
+    assert names[:4] == ['seed3/robult10', 'seed3/sup10', 'seed7/robult10', 'seed7/sup10']
+    teacher = f'seed3/{exp.rmmss_teacher}10'
+    assert names.index(teacher) < names.index('seed3/rmmss10')
     for r in rows:
         cmd = command(r, None, exp)
         assert cmd[cmd.index('--steps') + 1] == str(exp.steps)
         assert '--evaluate' in cmd
         assert cmd[cmd.index('--label-unit') + 1] == exp.label_unit == 'frame'
+        assert cmd[cmd.index('--out') + 1] == str(Path(exp.out_root) / r.name)
+        # a row's seed is its run seed and its labelled selection's seed
+        seed = r.name.split('/')[0][len('seed'):]
+        assert f'run.seed={seed}' in cmd and f'data.label_seed={seed}' in cmd
+        assert f'run.threads={exp.threads}' in cmd
     exp.label_unit = 'recording'  # --label-unit: every row counts recordings
     assert all(command(r, None, exp)[command(r, None, exp).index('--label-unit') + 1]
                == 'recording' for r in rows)
     exp.label_unit = 'frame'
     by = {r.name: r for r in rows}
-    assert '--no-robult' in by['sup10'].args and '--no-robult' not in by['robult10'].args
-    assert by['rmmss_robult10'].after == [teacher]
+    assert '--no-robult' in by['seed3/sup10'].args
+    assert '--no-robult' not in by['seed3/robult10'].args
+    assert by['seed7/rmmss_robult10'].after == [f'seed7/{exp.rmmss_teacher}10']
+    t_model = by['seed7/rmmss10'].args[by['seed7/rmmss10'].args.index('--teacher') + 1]
+    assert Path(t_model).parent == Path(exp.out_root) / 'seed7' / f'{exp.rmmss_teacher}10'
+    exp.rows = ['sup50']  # --rows filters by the row name, in every seed
+    assert [r.name for r in plan(exp)] == ['seed3/sup50', 'seed7/sup50']
+    exp.rows = []
     exp.rmmss_teacher = 'teacher'  # the own-teacher variant: an all-modality row first
     names = [r.name for r in plan(exp)]
-    assert 'teacher10' in names and names.index('teacher10') < names.index('rmmss_robult10')
-    teacher_row = next(r for r in plan(exp) if r.name == 'teacher10')
+    assert 'seed3/teacher10' in names
+    assert names.index('seed3/teacher10') < names.index('seed3/rmmss_robult10')
+    teacher_row = next(r for r in plan(exp) if r.name == 'seed3/teacher10')
     assert 'dropout.probability=0' in teacher_row.args
+    exp.seeds = [1, 1]
+    with pytest.raises(ValueError, match='distinct'):
+        plan(exp)
 
 
 def _fake_eval(run: Path, level: float, steps: int, rng: np.random.Generator,
@@ -581,61 +602,79 @@ def _fake_eval(run: Path, level: float, steps: int, rng: np.random.Generator,
 
     subsets = {s: round(float(level + rng.uniform(-0.05, 0.05)), 6) for s in SUBSETS}
     mean = float(np.mean(list(subsets.values())))
+    classes = {sub: {'floor': level, 'duck': level / 2} for sub in ('RDLE', 'R', 'D')}
     run.mkdir(parents=True)
     (run / 'eval.json').write_text(json.dumps({
         'subsets': subsets, 'mean_miou': mean, 'samples': 60, 'steps': steps,
-        'label_fraction': int(run.name[-2:]) / 100, 'labelled_frames': 96,
+        'label_fraction': int(re.sub(r'\D', '', run.name)) / 100, 'labelled_frames': 280,
+        'label_unit': 'recording', 'labelled_recordings': 28, 'class_iou': classes,
         'input_hw': [120, 160], 'config': {'run': {'batch_size': 4}}, **labels}))
+    (run / 'metrics.jsonl').write_text('\n'.join(json.dumps(
+        {'split': 'val', 'step': s, 'miou_mean': level * s / steps}) for s in (50, 80, 100)))
     return mean
 
 
 def test_report_writes_the_robult_section(tmp_path):
     from training.robult.report import collect, main
 
-    runs, long = tmp_path / 'runs', tmp_path / 'long'
+    runs = tmp_path / 'runs'
     rng = np.random.default_rng(0)
-    means = {row: _fake_eval(runs / row, level, 250, rng)
-             for row, level in (('sup10', 0.30), ('robult10', 0.33), ('sup50', 0.40),
-                                ('robult50', 0.41))}
-    long_means = {row: _fake_eval(long / row, level, 800, rng)
-                  for row, level in (('sup10', 0.35), ('robult10', 0.34))}
-    longer = tmp_path / 'longer'
-    longer_means = {row: _fake_eval(longer / row, level, 2000, rng)
-                    for row, level in (('sup10', 0.40), ('robult10', 0.43))}
-    rec = tmp_path / 'rec'
-    rec_means = {row: _fake_eval(rec / row, level, 250, rng, label_unit='recording',
-                                 labelled_recordings=3)
-                 for row, level in (('sup10', 0.25), ('robult10', 0.20))}
+    levels = {'sup10': 0.30, 'robult10': 0.33, 'sup5': 0.25, 'robult5': 0.255}
+    means = {(row, seed): _fake_eval(runs / f'seed{seed}' / row, level + 0.01 * seed, 100, rng)
+             for row, level in levels.items() for seed in (0, 1, 2)}
     figures = collect(runs)
-    for key in ('sup10_subset_mean', 'robult10_subset_mean', 'sup50_subset_mean',
-                'robult50_subset_mean'):
-        assert figures[key] == pytest.approx(100 * means[key.split('_')[0]], abs=0.01)
-    gain = figures['robult10_subset_mean'] - figures['sup10_subset_mean']
-    assert figures['robult10_gain'] == pytest.approx(gain, abs=0.011)
+    for row in levels:
+        per_seed = [100 * means[row, s] for s in (0, 1, 2)]
+        assert figures[f'{row}_subset_mean'] == pytest.approx(np.mean(per_seed), abs=0.01)
+        se = np.std(per_seed, ddof=1) / np.sqrt(3)
+        assert figures[f'{row}_subset_mean_se'] == pytest.approx(se, abs=0.01)
+        assert figures[f'{row}_class_iou']['RDLE']['duck'] == pytest.approx(
+            100 * (levels[row] + 0.01) / 2, abs=0.01)
+        assert figures[f'{row}_val_last_fifth_change'] == pytest.approx(
+            100 * (levels[row] + 0.01) * 0.2, abs=0.01)  # mean curve: 100 vs 80 of 100 steps
+    # the gain is paired: the mean and s.e. of the per-seed differences
+    diffs = [100 * (means['robult10', s] - means['sup10', s]) for s in (0, 1, 2)]
+    assert figures['robult10_gain'] == pytest.approx(np.mean(diffs), abs=0.011)
+    assert figures['robult10_gain_se'] == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(3),
+                                                        abs=0.011)
     assert figures['target_met_10'] == (figures['robult10_gain'] >= 2.0)
+    assert figures['target_met_5'] == (figures['robult5_gain'] >= 2.0)
+    assert figures['seeds'] == [0, 1, 2]
     docs = tmp_path / 'docs'
-    assert main(['--runs', str(runs), '--long-runs', str(long), str(longer),
-                 '--recording-runs', str(rec), '--docs', str(docs)]) == 0
+    assert main(['--runs', str(runs), '--docs', str(docs)]) == 0
     data = json.loads((docs / 'results.json').read_text())
-    assert set(data) == {'robult'}
+    assert set(data) == {'robult'} and '_curves' not in data['robult']
     got = data['robult']
-    assert got['long_robult10_subset_mean'] == pytest.approx(100 * long_means['robult10'],
-                                                             abs=0.01)
-    assert got['long_robult10_train_steps'] == 800 and got['robult10_train_steps'] == 250
-    assert got['long_target_met_10'] is False
-    assert got['long2_robult10_subset_mean'] == pytest.approx(100 * longer_means['robult10'],
-                                                              abs=0.01)
-    assert got['long2_robult10_train_steps'] == 2000
-    assert got['long2_target_met_10'] is (got['long2_robult10_gain'] >= 2.0)
+    assert got['sup10_subset_mean'] == figures['sup10_subset_mean']
     md = (docs / 'results.md').read_text()
-    assert '<!-- robult:begin -->' in md and '| RDLE |' in md and 'Longer budget: 800' in md
-    assert 'Longer budget: 2000' in md and '`long2_`' in md
-    assert f'{got["long2_robult10_gain"]:+.2f} at 2000 steps' in md
-    assert f'{figures["robult10_subset_mean"]:.2f}' in md
-    # whole recordings labelled: own prefix, own section, the label unit in the table
-    assert got['rec_robult10_gain'] == pytest.approx(
-        100 * (rec_means['robult10'] - rec_means['sup10']), abs=0.011)
-    assert got['rec_sup10_label_unit'] == 'recording' and got['sup10_label_unit'] == 'frame'
-    assert got['rec_target_met_10'] is False
-    assert 'Whole recordings labelled: 250 steps' in md
-    assert '10% of recordings (3 recordings, 96 frames)' in md
+    assert '<!-- robult:begin -->' in md and '| RDLE |' in md and '| duck |' in md
+    assert f'{figures["robult10_subset_mean"]:.2f} ± {figures["robult10_subset_mean_se"]:.2f}' \
+        in md
+    assert '10% of recordings (28 recordings, 280 frames)' in md
+    assert (docs / 'robult_curves.png').stat().st_size > 0
+
+
+def test_class_weights_count_only_the_labelled_frames(robult_config):
+    """A semi-supervised run may only use what its labellers labelled: the histogram behind
+    its class weights is the labelled frames', not the whole recording's."""
+    from training.data.class_balance import class_weights, label_histogram
+    from training.robult.config import frontend_of
+    from training.robult.stage import labelled_class_weights, train_set
+
+    cfg, _ = load_config(robult_config / 'robult.yaml', smoke=True)
+    cfg.data.label_fraction = 0.3
+    cached, _ = frontend_of(cfg.data)
+    data = train_set(cfg, cached)
+    names = [f'c{i}' for i in range(9)]
+    cfg.loss.class_weighting = 'none'
+    assert labelled_class_weights(data, cfg.loss, names) is None
+    cfg.loss.class_weighting = 'inverse_sqrt'
+    got = labelled_class_weights(data, cfg.loss, names).numpy()
+    base = data.base
+    rows = [np.asarray(base.shards[si].arrays['labels'][i]) for si, i in
+            (base.index[j] for j in data.labelled_idx)]
+    want = class_weights(label_histogram(rows, 9), 'inverse_sqrt', cfg.loss.class_weight_max_ratio)
+    np.testing.assert_allclose(got, want)
+    everything = class_weights(label_histogram(base.label_rows(), 9), 'inverse_sqrt',
+                               cfg.loss.class_weight_max_ratio)
+    assert not np.allclose(got, everything)  # the unlabelled frames would change them

@@ -379,7 +379,8 @@ def test_rss_fine_tunes_the_deployed_fsm_student(rss_config, tmp_path):
 
 
 def test_ablation_runs_rows_skips_finished_ones_and_writes_the_rss_section(rss_config, tmp_path):
-    """Two smoke rows of the ablation on the cache built here, then the report section."""
+    """Smoke rows of the ablation for two seeds on the cache built here (two processes at once,
+    a cold row after its seed's cold-start model), then the report section."""
     from training.rss import ablation
 
     budget = yaml.safe_load((REPO / 'training' / 'configs' / 'rss_ablation.yaml').read_text())
@@ -388,16 +389,31 @@ def test_ablation_runs_rows_skips_finished_ones_and_writes_the_rss_section(rss_c
     budget['common']['data'] = raw_cfg['data']
     budget['common']['evaluate'] = raw_cfg['evaluate']
     budget['coldstart']['overrides']['data'] = {'train_shards': raw_cfg['data']['train_shards']}
+    budget['seeds'], budget['seed_rows'] = [0, 5], ['image_psr_psd_cold']
     path = tmp_path / 'budget.yaml'
     path.write_text(yaml.safe_dump(budget))
-    args = ['--budget', str(path), '--out-root', str(tmp_path / 'runs'), '--smoke',
-            '--docs', str(tmp_path / 'docs'), '--rows', 'psl,image_psr_psd_cold']
+    runs = tmp_path / 'runs'
+    args = ['--budget', str(path), '--out-root', str(runs), '--smoke',
+            '--docs', str(tmp_path / 'docs'), '--rows', 'psl,image_psr_psd_cold', '--jobs', '2']
     assert ablation.main(args) == 0
-    assert (tmp_path / 'runs' / 'coldstart' / 'eval.json').exists()  # a cold row needs it
-    first = (tmp_path / 'runs' / 'psl' / 'eval.json').stat().st_mtime_ns
-    assert ablation.main(args) == 0  # finished rows are skipped, not retrained
-    assert (tmp_path / 'runs' / 'psl' / 'eval.json').stat().st_mtime_ns == first
+    for seed in (0, 5):  # a cold row needs its own seed's cold-start model
+        assert (runs / f'seed{seed}' / 'coldstart' / 'eval.json').exists()
+        assert (runs / f'seed{seed}' / 'image_psr_psd_cold' / 'eval.json').exists()
+        stored = yaml.safe_load((runs / f'seed{seed}' / 'image_psr_psd_cold' / 'config.yaml')
+                                .read_text())
+        assert stored['run']['seed'] == seed
+        assert stored['init_checkpoint'] == str(runs / f'seed{seed}' / 'coldstart' /
+                                                'model.safetensors')
+    assert not (runs / 'seed5' / 'psl').exists()  # not a seed row: the first seed only
+    first = (runs / 'seed0' / 'psl' / 'eval.json').stat().st_mtime_ns
+    assert ablation.main([*args[:-2], '--jobs', '1']) == 0  # finished rows are skipped
+    assert (runs / 'seed0' / 'psl' / 'eval.json').stat().st_mtime_ns == first
     figures = json.loads((tmp_path / 'docs' / 'results.json').read_text())['rss']
-    assert {'psl_miou', 'image_psr_psd_cold_miou', 'image_psr_psd_cold_pct_of_psl'} <= set(figures)
+    assert {'psl_miou', 'image_psr_psd_cold_miou', 'image_psr_psd_cold_pct_of_psl',
+            'image_psr_psd_cold_miou_se'} <= set(figures)
+    per_seed = [100 * json.loads((runs / f'seed{s}' / 'image_psr_psd_cold' / 'eval.json')
+                                 .read_text())['test']['miou'] for s in (0, 5)]
+    assert figures['image_psr_psd_cold_miou'] == pytest.approx(np.mean(per_seed), abs=0.01)
+    assert figures['image_psr_psd_cold_seeds'] == [0, 5] and figures['psl_seeds'] == [0]
     md = (tmp_path / 'docs' / 'results.md').read_text()
     assert '<!-- rss:begin -->' in md and f'{figures["psl_miou"]:.2f}' in md

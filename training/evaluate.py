@@ -210,9 +210,11 @@ def _loader(dataset, batch_size: int) -> DataLoader:
 @torch.no_grad()
 def subset_mious(model: nn.Module, dataset, subsets: Sequence[str], num_classes: int,
                  device: torch.device, batch_size: int = 4, missing: str = 'remove',
-                 classes: Sequence[str] | None = None) -> dict[str, float | None]:
+                 classes: Sequence[str] | None = None,
+                 class_subsets: Sequence[str] | None = None) -> dict[str, float | None]:
     """mIoU per named subset and their mean (the validation score during training); with
-    `classes`, also the IoU of each class in the first subset (`iou_<subset>_<class>`)."""
+    `classes`, also the IoU of each class (`iou_<subset>_<class>`) in each of `class_subsets`
+    (default: the first subset)."""
     cms = {s: torch.zeros(num_classes, num_classes, dtype=torch.int64) for s in subsets}
     for batch in _loader(dataset, batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -224,9 +226,9 @@ def subset_mious(model: nn.Module, dataset, subsets: Sequence[str], num_classes:
     out: dict[str, float | None] = {f'miou_{s}': _num(mean_iou(cm)) for s, cm in cms.items()}
     out['miou_mean'] = _mean(list(out.values()))
     if classes is not None and subsets:
-        first = subsets[0]
-        for c, v in zip(classes, iou_per_class(cms[first]), strict=True):
-            out[f'iou_{first}_{c}'] = _num(v)
+        for s in (subsets[:1] if class_subsets is None else class_subsets):
+            for c, v in zip(classes, iou_per_class(cms[s]), strict=True):
+                out[f'iou_{s}_{c}'] = _num(v)
     return out
 
 

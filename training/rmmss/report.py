@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from rmseg_ros.modalities import all_subsets, subset_name
-from training.results import mean_se, write_section
+from training.results import (
+    draw_curve_panels,
+    last_fifth_change,
+    mean_se,
+    validation_curve,
+    write_section,
+)
 
 SECTION = 'rmmss'
 MODELS = {  # run name -> (row label, key prefix in results.json)
@@ -66,28 +70,6 @@ def _eval_figures(ev: dict[str, Any]) -> dict[str, Any]:
 def _steps(run_dir: Path) -> int | None:
     config = run_dir / 'config.yaml'
     return yaml.safe_load(config.read_text())['run']['steps'] if config.exists() else None
-
-
-def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, validation mean mIoU over the validated subsets) of a run, in step order."""
-    path = run_dir / 'metrics.jsonl'
-    if not path.exists():
-        return []
-    points: dict[int, float] = {}
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get('split') == 'val' and rec.get('miou_mean') is not None:
-            points[int(rec['step'])] = float(rec['miou_mean'])
-    return sorted(points.items())
-
-
-def last_fifth_change(curve: list[tuple[int, float]]) -> float | None:
-    """Validation mIoU at the end minus at 80 % of the steps (points: %): how flat the end is."""
-    if len(curve) < 2:
-        return None
-    end_step, end = curve[-1]
-    before = [v for s, v in curve if s <= 0.8 * end_step]
-    return None if not before else round(100.0 * (end - before[-1]), 2)
 
 
 def _validated_mean(ev: dict[str, Any], validated: list[str]) -> float | None:
@@ -291,40 +273,13 @@ def markdown(figures: dict[str, Any]) -> str:
 
 
 def draw_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> bool:
-    """Validation mIoU against the step, one panel per stage (OpenCV drawing, PNG)."""
-    import cv2
-
-    groups = {'teacher': [], 'robust': [], 'dropout': [], 'fsm': []}
+    """Validation mIoU against the step, one panel per stage (PNG)."""
+    groups: dict[str, list[tuple[str, list[tuple[int, float]]]]] = {
+        'teacher': [], 'robust': [], 'dropout': [], 'fsm': []}
     for name, curve in curves.items():
         if curve:
             groups[name.split()[0]].append((name, curve))
-    groups = {k: v for k, v in groups.items() if v}
-    if not groups:
-        return False
-    pw, ph, m = 420, 300, 48
-    img = np.full((ph + 2 * m, len(groups) * (pw + m) + m, 3), 255, np.uint8)
-    palette = [(200, 80, 30), (30, 140, 40), (40, 40, 200), (150, 40, 150)]
-    top = max(v for g in groups.values() for _, c in g for _, v in c)
-    ymax = min(1.0, math.ceil(top * 10 + 0.5) / 10)
-    for gi, (title, items) in enumerate(groups.items()):
-        x0 = m + gi * (pw + m)
-        xmax = max(s for _, c in items for s, _ in c)
-        cv2.rectangle(img, (x0, m), (x0 + pw, m + ph), (0, 0, 0), 1)
-        for t in range(0, 11, 2):
-            y = m + ph - int(ph * (t / 10 * ymax) / ymax)
-            cv2.putText(img, f'{100 * t / 10 * ymax:.0f}', (x0 - 30, y + 4),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(img, f'{title} (val mIoU %, step 0-{xmax})', (x0, m - 10),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        for ci, (name, curve) in enumerate(items):
-            color = palette[ci % len(palette)]
-            pts = np.array([[x0 + int(pw * s / xmax), m + ph - int(ph * v / ymax)]
-                            for s, v in curve], np.int32)
-            cv2.polylines(img, [pts], False, color, 2, cv2.LINE_AA)
-            cv2.putText(img, name, (x0 + 8, m + ph + 16 + 14 * ci),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1, cv2.LINE_AA)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return bool(cv2.imwrite(str(path), img))
+    return draw_curve_panels(groups, path)
 
 
 def write(figures: dict[str, Any], docs: Path) -> None:

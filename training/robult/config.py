@@ -83,6 +83,11 @@ class ExperimentConfig:
     eval_shards: list[str] = field(default_factory=lambda: ['data/cache/test/*'])
     parallel: int = 2  # rows trained at once (each with OMP_NUM_THREADS=1)
     rows: list[str] = field(default_factory=list)  # empty: all
+    # every row once per seed (<out_root>/seed<s>/<row>): the run seed and the seed of the
+    # labelled selection, so a seed's rows share their labelled frames (paired comparison)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    threads: int = 1  # torch intra-op threads of each row (parallel rows: 1 each on 2 cores)
+    num_workers: int = 0  # loader workers of each row (0: parallel rows leave no core spare)
 
 
 @dataclass

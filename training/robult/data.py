@@ -23,7 +23,7 @@ run with partners and the same seed: the two runs see the same labelled batches.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -145,6 +145,14 @@ class SemiSupervisedSet(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.base.set_epoch(epoch)
+
+    def labelled_label_rows(self) -> Iterator[np.ndarray]:
+        """The stored label image of every selected frame (the class weights of a
+        semi-supervised run may only count what its labellers labelled)."""
+        base = self.base
+        for j in self.labelled_idx:
+            si, i = base.index[int(j)]
+            yield np.asarray(base.shards[si].arrays['labels'][i])
 
     def partner_indices(self, i: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch, int(i), 0xB0])

@@ -4,6 +4,7 @@ evaluated on the 15 modality subsets of the test split, then the `robult` result
 
     python -m training.robult.experiment [--config training/configs/robult.yaml]
                                          [--steps N] [--rows sup10 robult10 ...] [--parallel N]
+                                         [--seeds 0 1 2] [--fractions 0.1 0.05]
 
 Rows (pp = 100 x label fraction; the same seeded labelled frames in every row of a fraction):
   sup<pp>           supervised only: labelled frames, modality dropout, OHEM CE
@@ -13,8 +14,9 @@ Rows (pp = 100 x label fraction; the same seeded labelled frames in every row of
   rmmss<pp>         RMMSS robust stage from that teacher: dropout + pixel KL + HPDM, unlabelled
                     frames included (the teacher's KL reaches them)
   rmmss_robult<pp>  the same + the Robult losses (the `robult:` switch of the robust stage)
-Each row is `rmseg-train robult ... --evaluate` in its own process (OMP_NUM_THREADS=1), its run
-directory under `experiment.out_root`; a finished row (eval.json present) is not run again, an
+Each row runs once per seed (`experiment.seeds`: the run seed and the labelled selection's seed)
+as `rmseg-train robult ... --evaluate` in its own process (OMP_NUM_THREADS=1), its run directory
+`<experiment.out_root>/seed<s>/<row>`; a finished row (eval.json present) is not run again, an
 interrupted one resumes from its last checkpoint.
 """
 
@@ -44,12 +46,35 @@ def pct(fraction: float) -> int:
 
 
 def plan(exp: ExperimentConfig) -> list[Row]:
-    """Every row of the experiment, in the order they start: the headline label fraction first,
-    the longer row of each pair before the shorter, the RMMSS rows once their teacher exists."""
+    """Every row of the experiment once per seed (named seed<s>/<row>), in the order they
+    start: the headline label fraction of every seed first, the longer row of each pair before
+    the shorter, the RMMSS rows once their teacher exists."""
     if exp.rmmss_teacher not in ('teacher', 'sup'):
         raise ValueError(f"experiment.rmmss_teacher must be 'teacher' or 'sup', "
                          f'got {exp.rmmss_teacher!r}')
-    out = Path(exp.out_root)
+    if not exp.seeds or len(set(exp.seeds)) != len(exp.seeds):
+        raise ValueError(f'experiment.seeds must be distinct and not empty, got {exp.seeds}')
+    per_seed = [_seed_rows(exp, s) for s in exp.seeds]
+    head = [r for rows in per_seed for r in rows[0]]
+    rest = [r for rows in per_seed for r in rows[1]]
+    return head + rest
+
+
+def _seed_rows(exp: ExperimentConfig, seed: int) -> tuple[list[Row], list[Row]]:
+    """(headline rows, the other rows) of one seed."""
+    prefix = f'seed{seed}/'
+    seeded = ['--set', f'run.seed={seed}', '--set', f'data.label_seed={seed}']
+    head = {f'{kind}{pct(exp.fractions[0])}' for kind in ('robult', 'sup')} \
+        if exp.fractions else set()
+    rows = _rows(exp, Path(exp.out_root) / f'seed{seed}')
+    seeded_rows = [Row(prefix + r.name, r.args + seeded, [prefix + a for a in r.after])
+                   for r in rows]
+    return ([r for r, base in zip(seeded_rows, rows, strict=True) if base.name in head],
+            [r for r, base in zip(seeded_rows, rows, strict=True) if base.name not in head])
+
+
+def _rows(exp: ExperimentConfig, out: Path) -> list[Row]:
+    """The rows of one seed whose run directories are under `out`."""
     pairs = [[Row(f'robult{pct(f)}', ['--label-fraction', str(f)]),
               Row(f'sup{pct(f)}', ['--label-fraction', str(f), '--no-robult',
                                    '--unlabelled-per-labelled', '0'])] for f in exp.fractions]
@@ -83,7 +108,8 @@ def command(row: Row, config: str | None, exp: ExperimentConfig) -> list[str]:
     if config:
         cmd += ['--config', config]
     return [*cmd, '--steps', str(exp.steps), '--evaluate', '--label-unit', exp.label_unit,
-            '--set', f'run.batch_size={exp.batch_size}',
+            '--set', f'run.batch_size={exp.batch_size}', '--set', f'run.threads={exp.threads}',
+            '--set', f'run.num_workers={exp.num_workers}',
             '--set', f'data.downscale={exp.downscale}',
             '--set', f'evaluate.max_samples={exp.eval_samples}',
             '--set', f'evaluate.shards={json.dumps(exp.eval_shards)}', *row.args]
@@ -185,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--label-unit', choices=('frame', 'recording'),
                         help='what a label fraction counts (default: experiment.label_unit)')
     parser.add_argument('--parallel', type=int, help='rows trained at once')
+    parser.add_argument('--seeds', type=int, nargs='+',
+                        help='train every row once per seed (default: experiment.seeds)')
+    parser.add_argument('--fractions', type=float, nargs='+',
+                        help='label fractions of the sup / robult pairs (default: '
+                             'experiment.fractions)')
     parser.add_argument('--docs', default='docs', help='where results.{md,json} live')
     parser.add_argument('--no-report', action='store_true', help='train and evaluate only')
     args = parser.parse_args(argv)
@@ -200,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         exp.label_unit = args.label_unit
     if args.parallel:
         exp.parallel = args.parallel
+    if args.seeds:
+        exp.seeds = args.seeds
+    if args.fractions:
+        exp.fractions = args.fractions
     rows = plan(exp)
     t0 = time.monotonic()
     codes = run_all(rows, args.config, exp)

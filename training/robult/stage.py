@@ -23,9 +23,10 @@ from torch import nn
 
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import to_dict
+from training.data.class_balance import class_weights, label_histogram
 from training.engine import DistContext, Trainer, distributed, finish_run
 from training.export import export_backbone, load_model
-from training.rmmss.config import make_dataset
+from training.rmmss.config import LossConfig, make_dataset
 from training.rmmss.stages import (
     check_compatible,
     freeze,
@@ -56,14 +57,21 @@ def eval_set(patterns: list[str], cached_frontend, downscale: int, max_samples: 
                                    max_samples=max_samples), downscale)
 
 
-def evaluate_subsets(model: nn.Module, dataset, num_classes: int, device: torch.device,
+CLASS_SUBSETS = ('RDLE', 'R', 'D')  # the subsets with a per-class IoU table
+
+
+def evaluate_subsets(model: nn.Module, dataset, classes: list[str], device: torch.device,
                      batch_size: int) -> dict[str, Any]:
-    """mIoU of every one of the 15 modality subsets and their mean (training.evaluate)."""
+    """mIoU of every one of the 15 modality subsets and their mean (training.evaluate), and
+    the IoU of each class with all modalities, RGB alone and depth alone."""
     from training.evaluate import IOU_CONVENTION, SUBSETS, subset_mious
 
-    scores = subset_mious(model, dataset, list(SUBSETS), num_classes, device, batch_size)
+    scores = subset_mious(model, dataset, list(SUBSETS), len(classes), device, batch_size,
+                          classes=classes, class_subsets=CLASS_SUBSETS)
     return {'subsets': {s: scores[f'miou_{s}'] for s in SUBSETS},
             'mean_miou': scores['miou_mean'], 'samples': len(dataset),
+            'class_iou': {s: {c: scores[f'iou_{s}_{c}'] for c in classes}
+                          for s in CLASS_SUBSETS},
             'iou_convention': IOU_CONVENTION}
 
 
@@ -72,6 +80,19 @@ def _teacher(cfg: RobultConfig, classes: ClassTable, frontend, device) -> nn.Mod
     teacher, meta = load_model(path, device)
     check_compatible(meta, classes, frontend, f'teacher {path}')
     return freeze(teacher)
+
+
+def labelled_class_weights(data: SemiSupervisedSet, loss: LossConfig, names: list[str]
+                           ) -> torch.Tensor | None:
+    """`loss.class_weighting` from the histogram of the labelled frames only (None: off)."""
+    if loss.class_weighting == 'none':
+        return None
+    counts = label_histogram(data.labelled_label_rows(), len(names))
+    weights = class_weights(counts, loss.class_weighting, loss.class_weight_max_ratio)
+    log.info('class weights (%s, %d labelled frames): %s', loss.class_weighting,
+             len(data.labelled_idx), ', '.join(f'{c} {w:.2f}' for c, w in
+                                               zip(names, weights, strict=True)))
+    return torch.from_numpy(weights)
 
 
 def robult_stage(cfg: RobultConfig, resolved: dict, out: Path, ctx: DistContext
@@ -113,7 +134,8 @@ def robult_stage(cfg: RobultConfig, resolved: dict, out: Path, ctx: DistContext
                 label_unit=cfg.data.label_unit, labelled_frames=len(data.labelled_idx),
                 labelled_recordings=data.labelled_recordings, robult=cfg.robult.enabled,
                 teacher=cfg.rmmss.teacher_checkpoint)
-    loss_fn = robust_loss(cfg.loss, cfg.dropout, teacher, k, cfg.robult)
+    weights = labelled_class_weights(data, cfg.loss, classes.names)
+    loss_fn = robust_loss(cfg.loss, cfg.dropout, teacher, k, cfg.robult, weights)
     trainer = Trainer(model, loss_fn, data, cfg.run, cfg.optim, out, resolved, ctx=ctx,
                       param_groups=[{'params': list(model.parameters())}], val_fn=val_fn,
                       checkpoint_meta=meta, collate_fn=collate_groups)
@@ -138,7 +160,7 @@ def write_evaluation(cfg: RobultConfig, checkpoint: Path, cached_frontend, out: 
     model, meta = load_model(checkpoint, device)
     test = eval_set(cfg.evaluate.shards, cached_frontend, cfg.data.downscale,
                     cfg.evaluate.max_samples)
-    result = evaluate_subsets(model, test, len(meta['classes']), device,
+    result = evaluate_subsets(model, test, list(meta['classes']), device,
                               cfg.evaluate.batch_size)
     result.update(checkpoint=str(checkpoint), shards=cfg.evaluate.shards,
                   input_hw=meta['input_hw'], steps=meta.get('extra', {}).get('step'),

@@ -37,6 +37,9 @@ def _factor_name(base: str, cold: bool, factor: float) -> str:
 def plan(budget: dict[str, Any]) -> list[Row]:
     """Every run of the ablation in order: the cold-start model first, then the rows, then the
     learning-rate sweep (factors equal to the base row's own are that row, not trained twice)."""
+    unknown = set(budget.get('seed_rows') or []) - set(budget.get('rows') or {})
+    if unknown:
+        raise ValueError(f'seed_rows names rows the budget does not have: {sorted(unknown)}')
     cs = budget.get('coldstart') or {}
     rows = [Row(COLDSTART, 'cold-start model (supervised, split A)', [],
                 False, cs.get('overrides') or {})]
@@ -68,14 +71,40 @@ def run_order(rows: list[Row], first: list[str]) -> list[Row]:
     return sorted(rows, key=lambda r: rank.get(r.name, len(rank)))
 
 
-def row_overrides(budget: dict[str, Any], row: Row, out_root: str, smoke: bool = False,
-                  steps: int | None = None) -> dict[str, Any]:
+def seeds_of(budget: dict[str, Any]) -> list[int]:
+    """The budget's seeds (default [0]); each is a directory <out_root>/seed<s>."""
+    seeds = [int(s) for s in budget.get('seeds') or [0]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f'seeds must be distinct, got {seeds}')
+    return seeds
+
+
+def seed_dir(out_root: str | Path, seed: int) -> Path:
+    return Path(out_root) / f'seed{seed}'
+
+
+def rows_for_seed(budget: dict[str, Any], rows: list[Row], seed: int) -> list[Row]:
+    """Every row for the first seed; for the others the `seed_rows` (and the cold-start model
+    when one of them starts from it)."""
+    if seed == seeds_of(budget)[0]:
+        return rows
+    wanted = set(budget.get('seed_rows') or [])
+    cold = any(r.cold for r in rows if r.name in wanted)
+    return [r for r in rows if r.name in wanted or (cold and r.name == COLDSTART)]
+
+
+def row_overrides(budget: dict[str, Any], row: Row, out_root: str | Path, smoke: bool = False,
+                  steps: int | None = None, seed: int | None = None) -> dict[str, Any]:
+    """The config overrides of `row` with its run directory under `out_root` (a seed's
+    directory) and, with `seed`, that run seed."""
     over = merge_config(budget.get('common') or {}, row.overrides, RSSConfig)
     if smoke:
         over = merge_config(over, (budget.get('smoke') or {}).get('common'), RSSConfig)
-    over = merge_config(over, {'name': row.name, 'out_root': out_root}, RSSConfig)
+    over = merge_config(over, {'name': row.name, 'out_root': str(out_root)}, RSSConfig)
     if steps:
         over = merge_config(over, {'run': {'steps': int(steps)}}, RSSConfig)
+    if seed is not None:
+        over = merge_config(over, {'run': {'seed': int(seed)}}, RSSConfig)
     if row.cold:
         over['init_checkpoint'] = str(Path(out_root) / COLDSTART / 'model.safetensors')
     return over

@@ -264,10 +264,19 @@ def train(cfg: RSSConfig, resolved: dict, out: Path, ctx: DistContext | None = N
             'colors': classes.colors.tolist(), 'modalities': list(MODALITIES),
             'frontend': fe_meta, 'train_config_hash': config_hash(resolved), 'stage': 'rss',
             'rss_level': cfg.method.level}
+    val_fn = None
+    if data.val_shards:
+        val_set = make_dataset(data.val_shards, frontend, augment=None, labelled_only=True,
+                               max_samples=data.max_val_samples)
+
+        def val_fn(module: nn.Module, step: int) -> dict[str, float]:
+            return {'miou_mean': evaluate(module, val_set, classes, cfg.resolution, ctx.device,
+                                          cfg.evaluate.batch_size)['miou']}
+
     trainer = Trainer(model, make_loss(cfg, reward_fn, reference), train_set, cfg.run, cfg.optim,
                       out, resolved, ctx=ctx,
                       param_groups=param_groups(model, cfg.last_layer_lr_factor),
-                      checkpoint_meta=meta)
+                      val_fn=val_fn, checkpoint_meta=meta)
     t0 = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - t0
