@@ -619,7 +619,7 @@ def test_report_writes_the_robult_section(tmp_path):
 
     runs = tmp_path / 'runs'
     rng = np.random.default_rng(0)
-    levels = {'sup10': 0.30, 'robult10': 0.33, 'sup5': 0.25, 'robult5': 0.255}
+    levels = {'sup10': 0.30, 'robult10': 0.33, 'sup5': 0.25, 'robult5': 0.255, 'sup100': 0.35}
     means = {(row, seed): _fake_eval(runs / f'seed{seed}' / row, level + 0.01 * seed, 100, rng)
              for row, level in levels.items() for seed in (0, 1, 2)}
     figures = collect(runs)
@@ -640,6 +640,10 @@ def test_report_writes_the_robult_section(tmp_path):
     assert figures['target_met_10'] == (figures['robult10_gain'] >= 2.0)
     assert figures['target_met_5'] == (figures['robult5_gain'] >= 2.0)
     assert figures['seeds'] == [0, 1, 2]
+    # every label against a fraction's, seed by seed: the most unlabelled frames could add
+    assert figures['all_labels_gain_10'] == pytest.approx(
+        np.mean([100 * (means['sup100', s] - means['sup10', s]) for s in (0, 1, 2)]), abs=0.011)
+    assert 'all_labels_gain_100' not in figures
     docs = tmp_path / 'docs'
     assert main(['--runs', str(runs), '--docs', str(docs)]) == 0
     data = json.loads((docs / 'results.json').read_text())
@@ -651,6 +655,7 @@ def test_report_writes_the_robult_section(tmp_path):
     assert f'{figures["robult10_subset_mean"]:.2f} ± {figures["robult10_subset_mean_se"]:.2f}' \
         in md
     assert '10% of recordings (28 recordings, 280 frames)' in md
+    assert 'What labels can add at this budget' in md
     assert (docs / 'robult_curves.png').stat().st_size > 0
 
 

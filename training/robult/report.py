@@ -56,7 +56,7 @@ METHOD = (
     'negative with weight 1 - w (tau 0.2, sigma 0.5). Latent reconstruction: 1 - cos between '
     "each recorded modality's latent (detached; for modalities dropped in the step, from a "
     'no-grad encoder pass) and its prediction from the fused latent and the mean of the other '
-    'present modalities. Loss = OHEM CE (labelled frames only) + 0.1 x PU + 1.0 x '
+    'present modalities. Loss = class-weighted OHEM CE (labelled frames only) + 0.1 x PU + 1.0 x '
     'reconstruction; labelled and unlabelled frames go through the network as two batches '
     '(`robult.separate_unlabelled_forward`), so BatchNorm normalises the supervised frames with '
     'labelled-frame statistics only; the deployed network is the plain fusion student (heads '
@@ -138,6 +138,15 @@ def collect(runs: Path) -> dict[str, Any]:
         figures[f'{row}_gain_seeds'] = paired
         if m.group(1) == 'robult':
             figures[f'target_met_{m.group(2)}'] = figures[f'{row}_gain'] >= TARGET_GAIN
+    full = next((r for r in evals if r == 'sup100'), None)
+    for row in evals:
+        m = ROW_RE.match(row)
+        if full and m.group(1) == 'sup' and row != full:
+            # every label of the same recordings against this fraction's: what labels can add
+            paired = sorted(set(evals[row]) & set(evals[full]))
+            figures[f'all_labels_gain_{m.group(2)}'], figures[f'all_labels_gain_{m.group(2)}_se'] \
+                = mean_se([_pct(evals[full][s]['mean_miou']) - _pct(evals[row][s]['mean_miou'])
+                           for s in paired])
     figures['target_gain'] = TARGET_GAIN
     figures['seeds'] = sorted({s for by_seed in evals.values() for s in by_seed})
     figures['_curves'] = curves
@@ -187,6 +196,15 @@ def tables(figures: dict[str, Any]) -> list[str]:
                   f'measured {f[f"{g}_gain"]:+.2f} ± {f[f"{g}_gain_se"] or 0:.2f} (seeds '
                   f'{f[f"{g}_gain_seeds"]}; per seed: robult '
                   f'{f[f"{g}_subset_mean_per_seed"]}, sup {f[f"sup{pp}_subset_mean_per_seed"]}).']
+    ceilings = sorted(((k[len('all_labels_gain_'):], v) for k, v in f.items()
+                       if k.startswith('all_labels_gain_') and not k.endswith('_se')),
+                      key=lambda kv: -int(kv[0]))
+    if ceilings:
+        lines += ['', 'What labels can add at this budget: supervised-only with every training '
+                  'frame labelled (`sup100`) minus supervised-only with ' + ', '.join(
+                      f'{pp}% ({_fmt(v, f.get(f"all_labels_gain_{pp}_se"))})'
+                      for pp, v in ceilings) + ' of the recordings labelled, seed by seed. A '
+                  'semi-supervised method closes at most this gap with its unlabelled frames.']
     lines += ['', '15 modality subsets (mean over seeds):', '',
               '| subset | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
     for s in [subset_name(x) for x in all_subsets()]:
