@@ -582,6 +582,9 @@ def test_experiment_rows_share_the_budget_and_order_dependencies():
     assert by['seed7/rmmss_robult10'].after == [f'seed7/{exp.rmmss_teacher}10']
     t_model = by['seed7/rmmss10'].args[by['seed7/rmmss10'].args.index('--teacher') + 1]
     assert Path(t_model).parent == Path(exp.out_root) / 'seed7' / f'{exp.rmmss_teacher}10'
+    # the ablations switch one Robult loss off
+    assert 'robult.recon.weight=0' in by['seed3/robult_pu10'].args
+    assert 'robult.pu.weight=0' in by['seed7/robult_recon50'].args
     exp.rows = ['sup50']  # --rows filters by the row name, in every seed
     assert [r.name for r in plan(exp)] == ['seed3/sup50', 'seed7/sup50']
     exp.rows = []
@@ -619,7 +622,8 @@ def test_report_writes_the_robult_section(tmp_path):
 
     runs = tmp_path / 'runs'
     rng = np.random.default_rng(0)
-    levels = {'sup10': 0.30, 'robult10': 0.33, 'sup5': 0.25, 'robult5': 0.255, 'sup100': 0.35}
+    levels = {'sup10': 0.30, 'robult10': 0.33, 'sup5': 0.25, 'robult5': 0.255, 'sup100': 0.35,
+              'robult_pu5': 0.24}
     means = {(row, seed): _fake_eval(runs / f'seed{seed}' / row, level + 0.01 * seed, 100, rng)
              for row, level in levels.items() for seed in (0, 1, 2)}
     figures = collect(runs)
@@ -639,6 +643,9 @@ def test_report_writes_the_robult_section(tmp_path):
                                                         abs=0.011)
     assert figures['target_met_10'] == (figures['robult10_gain'] >= 2.0)
     assert figures['target_met_5'] == (figures['robult5_gain'] >= 2.0)
+    assert figures['robult_pu5_gain'] == pytest.approx(  # an ablation: against sup5 as well
+        np.mean([100 * (means['robult_pu5', s] - means['sup5', s]) for s in (0, 1, 2)]), abs=0.011)
+    assert 'target_met_pu5' not in figures
     assert figures['seeds'] == [0, 1, 2]
     # every label against a fraction's, seed by seed: the most unlabelled frames could add
     assert figures['all_labels_gain_10'] == pytest.approx(

@@ -14,6 +14,8 @@ Rows (pp = 100 x label fraction; the same seeded labelled frames in every row of
   rmmss<pp>         RMMSS robust stage from that teacher: dropout + pixel KL + HPDM, unlabelled
                     frames included (the teacher's KL reaches them)
   rmmss_robult<pp>  the same + the Robult losses (the `robult:` switch of the robust stage)
+  robult_pu<pp>     Robult with the soft-PU loss only (reconstruction weight 0)
+  robult_recon<pp>  Robult with the latent reconstruction loss only (PU weight 0)
 Each row runs once per seed (`experiment.seeds`: the run seed and the labelled selection's seed)
 as `rmseg-train robult ... --evaluate` in its own process (OMP_NUM_THREADS=1), its run directory
 `<experiment.out_root>/seed<s>/<row>`; a finished row (eval.json present) is not run again, an
@@ -93,7 +95,11 @@ def _rows(exp: ExperimentConfig, out: Path) -> list[Row]:
     elif f not in exp.fractions:
         pairs.append([Row(f'sup{p}', ['--label-fraction', str(f), '--no-robult',
                                       '--unlabelled-per-labelled', '0'])])
-    rows = (pairs[0] if pairs else []) + rmmss + [r for p in pairs[1:] for r in p]
+    # one Robult loss switched off: which of the two does what (not in the default rows)
+    ablations = [Row(f'robult_{keep}{pct(f)}', ['--label-fraction', str(f), '--set',
+                                                f'robult.{off}.weight=0'])
+                 for f in exp.fractions for keep, off in (('pu', 'recon'), ('recon', 'pu'))]
+    rows = (pairs[0] if pairs else []) + rmmss + [r for p in pairs[1:] for r in p] + ablations
     if exp.rows:
         unknown = set(exp.rows) - {r.name for r in rows}
         if unknown:

@@ -37,11 +37,15 @@ KINDS = {  # row prefix -> (description, base objective, Robult losses)
     'teacher': ('RMMSS teacher', 'OHEM CE, all modalities', 'no'),
     'rmmss': ('RMMSS robust stage', 'CE + dropout + pixel KL + HPDM', 'no'),
     'rmmss_robult': ('RMMSS robust stage + Robult', 'CE + dropout + pixel KL + HPDM', 'yes'),
+    'robult_pu': ('Robult, soft-PU loss only', 'OHEM CE + modality dropout', 'PU only'),
+    'robult_recon': ('Robult, reconstruction loss only', 'OHEM CE + modality dropout',
+                     'reconstruction only'),
 }
-ROW_RE = re.compile(r'^(sup|robult|teacher|rmmss_robult|rmmss)(\d+)$')
+ROW_RE = re.compile(r'^(sup|robult_pu|robult_recon|robult|teacher|rmmss_robult|rmmss)(\d+)$')
 SEED_RE = re.compile(r'^seed(\d+)$')
-ORDER = ['sup', 'robult', 'teacher', 'rmmss', 'rmmss_robult']
-BASE = {'robult': 'sup', 'rmmss_robult': 'rmmss'}  # the row a gain is measured against
+ORDER = ['sup', 'robult', 'robult_pu', 'robult_recon', 'teacher', 'rmmss', 'rmmss_robult']
+BASE = {'robult': 'sup', 'robult_pu': 'sup', 'robult_recon': 'sup',
+        'rmmss_robult': 'rmmss'}  # the row a gain is measured against
 CLASS_SUBSETS = ('RDLE', 'R', 'D')
 
 METHOD = (
@@ -243,10 +247,10 @@ def markdown(figures: dict[str, Any], curves_drawn: bool) -> str:
         'training.robult.experiment`, budget in the `experiment:` block of '
         'training/configs/robult.yaml), written by `python -m training.robult.report`.', '',
         *tables(figures), '',
-        'gain: the Robult row minus the same row without the Robult losses (robult - sup, '
-        'rmmss_robult - rmmss), seed by seed. val change, last fifth: the validation mean '
-        '(30 frames, 5 subsets, mean of the seeds\' curves) at the end minus at 80 % of the '
-        'steps.']
+        'gain: the Robult row minus the same row without the Robult losses (robult, robult_pu, '
+        'robult_recon - sup; rmmss_robult - rmmss), seed by seed. val change, last fifth: the '
+        'validation mean (30 frames, 5 subsets, mean of the seeds\' curves) at the end minus at '
+        '80 % of the steps.']
     if curves_drawn:
         lines += ['', f'Validation curves: [{CURVE_FILE}]({CURVE_FILE}).']
     lines += ['', METHOD]
