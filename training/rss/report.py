@@ -252,6 +252,14 @@ def markdown(figures: dict[str, Any], by_row: dict[str, dict], curves_drawn: boo
                 'x'.join(str(round(v * float(m['psr']['scales'][0]))) for v in (h, w))
             lines.append(f'| `{n}` | {h}x{w} | {h // 4}x{w // 4} | {at} | {seeds(n)} | '
                          f'{miou(n)} | {pct(n)} |')
+        trend = [(first[n]['resolution'], figures[f'{n}_pct_of_{ref}'])
+                 for n, ref in (('image_naive_res60', 'psl_res60'), ('image_naive', 'psl'),
+                                ('image_naive_res240', 'psl_res240'))
+                 if f'{n}_pct_of_{ref}' in figures]
+        if len(trend) > 1:
+            lines += ['', 'The naive pipeline as a share of PSL at the same training resolution: '
+                      + ', '.join(f'{v:.1f}% with {h // 4}x{w // 4} logit cells ({h}x{w})'
+                                  for (h, w), v in trend) + '.']
         lines.append('')
     headline = [n for n in ('psl', 'psl_cold', 'image_naive', 'image_psr_psd_cold', 'pixel',
                             'pixel_syncan_cold') if figures.get(f'{n}_class_iou')]
