@@ -46,6 +46,9 @@ def _runs(tmp_path):
         _write(runs / f'seed{seed}' / 'fsm' / 'config.yaml', 'run: {steps: 7}\n')
         _write(runs / f'seed{seed}' / 'eval_dropout' / 'eval.json', _eval(base - 0.02, seed == 0))
     _write(runs / 'eval_heldout' / 'eval.json', {**_eval(0.35, False), 'shards': ['h/*']})
+    fitted = _eval(0.6, False)
+    del fitted['emm']
+    _write(runs / 'eval_fsm_train' / 'eval.json', {**fitted, 'shards': ['t/*']})
     return runs
 
 
@@ -82,6 +85,23 @@ def test_report_writes_json_and_markdown_section(tmp_path):
     assert (docs / 'results.md').read_text() == md  # idempotent: the section is replaced
 
 
+def test_report_shows_the_student_on_training_frames_and_its_confusion(tmp_path):
+    runs = _runs(tmp_path)
+    ship = runs / 'seed0' / 'eval_fsm' / 'eval.json'
+    ev = json.loads(ship.read_text())
+    ev['full']['confusion'] = [[90, 10], [30, 70]]  # rows: true floor, true mug
+    _write(ship, ev)
+    docs = tmp_path / 'docs'
+    assert report.main(['--runs', str(runs), '--docs', str(docs), '--seeds', '0', '1', '2']) == 0
+    fig = json.loads((docs / 'results.json').read_text())['rmmss']
+    assert fig['fsm_train_frames']['class_iou'] == {'floor': 84.0, 'mug': 64.0}
+    assert fig['fsm_confusion_pct'] == {'floor': {'floor': 90.0, 'mug': 10.0},
+                                        'mug': {'floor': 30.0, 'mug': 70.0}}
+    md = (docs / 'results.md').read_text()
+    assert '| training frames | 74.00 | 84.00 | 64.00 |' in md
+    assert '| mug | 30.0 | 70.0 |' in md
+
+
 def test_mean_and_standard_error():
     assert report.mean_se([1.0, None, 3.0]) == (2.0, 1.0)
     assert report.mean_se([5.0]) == (5.0, None)
@@ -90,3 +110,26 @@ def test_mean_and_standard_error():
 
 def test_report_without_evaluations_fails(tmp_path):
     assert report.main(['--runs', str(tmp_path), '--docs', str(tmp_path / 'docs')]) == 1
+
+
+def test_report_pairs_hpdm_with_the_dropout_baseline_at_equal_steps(tmp_path):
+    """The dropout run's checkpoint at the HPDM's step count is paired with HPDM seed by seed
+    (what distillation adds) and with the compute-matched end (what the extra steps add)."""
+    runs = _runs(tmp_path)
+    for seed, (hpdm, equal) in {0: (0.40, 0.39), 1: (0.44, 0.40), 2: (0.45, 0.45)}.items():
+        _write(runs / f'seed{seed}' / 'eval_robust' / 'eval.json', _eval(hpdm, False))
+        _write(runs / f'seed{seed}' / 'robust' / 'config.yaml', 'run: {steps: 5}\n')
+        if seed != 1:  # a seed without the equal-steps evaluation is left out of the pairs
+            _write(runs / f'seed{seed}' / 'eval_dropout_at_robust' / 'eval.json',
+                   _eval(equal, False))
+    docs = tmp_path / 'docs'
+    assert report.main(['--runs', str(runs), '--docs', str(docs), '--seeds', '0', '1', '2']) == 0
+    fig = json.loads((docs / 'results.json').read_text())['rmmss']
+    assert fig['dropout_equal_seeds'] == [0, 2] and fig['dropout_equal_train_steps'] == 5
+    gain = fig['hpdm_minus_dropout_equal_subset_mean']
+    assert gain['seeds'] == [0, 2] and gain['per_seed'] == [pytest.approx(1.0), 0.0]
+    assert gain['mean'] == pytest.approx(0.5) and gain['se'] == pytest.approx(0.5)
+    extra = fig['dropout_extra_steps_gain_subset_mean']  # dropout = fsm - 2 points per seed
+    assert extra['per_seed'] == [pytest.approx(-1.0), pytest.approx(0.0)]
+    md = (docs / 'results.md').read_text()
+    assert 'at the same steps (what distillation adds), 15-subset mean: 0.50 ± 0.50' in md

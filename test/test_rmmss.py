@@ -402,6 +402,17 @@ def test_evaluation_scores_each_subset_with_its_own_modalities():
             assert score['iou']['a'] == pytest.approx(share0, abs=1e-6)
     assert result['failures']['lidar_jitter']['miou'] == pytest.approx(1.0)  # RGB untouched
     assert result['samples'] == 3 and result['full']['pixels'] == labels.numel()
+    counts = [int((labels == c).sum()) for c in range(k)]  # RGB present: every pixel right
+    assert result['full']['confusion'] == [[n if i == j else 0 for j in range(k)]
+                                           for i, n in enumerate(counts)]
+
+
+def test_confusion_table_rows_are_shares_of_the_true_class():
+    from training.evaluate import confusion_table
+
+    table = confusion_table({'classes': ['box', 'cylinder'],
+                             'full': {'confusion': [[3, 1], [0, 0]]}})
+    assert '| box | 75.0 | 25.0 |' in table and '| cylinder | - | - |' in table
 
 
 def test_corruptions_touch_what_they_name():
@@ -591,6 +602,21 @@ def test_smoke_pipeline_teacher_robust_fsm_evaluate_export(pipeline_config, caps
         with torch.no_grad():
             ref = model({m: sample[m][None] for m in MODALITIES}, presence).logits.argmax(1)[0]
         assert (torch.from_numpy(labels.astype(np.int64)) == ref).float().mean() > 0.99
+
+
+def test_a_shard_pattern_that_matches_nothing_is_an_error(pipeline_config):
+    """A forgotten cache (say `make data-extra`) must not silently shrink the training split."""
+    from rmseg_ros.frontend.preprocess import FrontendConfig
+    from training.rmmss.config import make_dataset
+
+    cache = pipeline_config.parent / 'cache'
+    frontend = FrontendConfig(width=64, height=48)
+    ds = make_dataset([str(cache / 'train' / '*')], frontend, augment=None, labelled_only=True)
+    assert len(ds) >= 4
+    missing = str(cache / 'train_extra' / '*')
+    with pytest.raises(FileNotFoundError, match='train_extra'):
+        make_dataset([str(cache / 'train' / '*'), missing], frontend, augment=None,
+                     labelled_only=True)
 
 
 def _train_cmd(cfg: Path, out: Path, steps: int) -> list[str]:

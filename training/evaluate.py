@@ -296,9 +296,11 @@ def evaluate_model(model: nn.Module, dataset, classes: Sequence[str], frontend: 
         'classes': list(classes), 'samples': samples, 'cases': list(cases),
         'iou_convention': IOU_CONVENTION,
         'missing_semantics': {m: MISSING_SEMANTICS[m] for m in modes},
-        'full': _score(emm[modes[0]][FULL], classes) if modes and FULL in emm[modes[0]]
-        else None,
+        'full': None,
     }
+    if modes and FULL in emm[modes[0]]:  # + its confusion matrix: which class a miss went to
+        cm = emm[modes[0]][FULL]
+        result['full'] = {**_score(cm, classes), 'confusion': cm.tolist()}
     if 'subsets' in cases:
         result['emm'] = {mode: table(emm[mode]) for mode in modes}
     if 'rmm' in cases:
@@ -328,6 +330,21 @@ def class_table(result: dict[str, Any]) -> str:
         lines.append(f'| {c} | ' + ' | '.join(_fmt(score['iou'].get(c)) for _, score in cols)
                      + ' |')
     lines.append('| **mIoU** | ' + ' | '.join(_fmt(score['miou']) for _, score in cols) + ' |')
+    return '\n'.join(lines)
+
+
+def confusion_table(result: dict[str, Any]) -> str:
+    """All modalities: % of each true class's pixels (rows) predicted as each class (columns)."""
+    cm = (result.get('full') or {}).get('confusion')
+    if not cm:
+        return ''
+    classes = result['classes']
+    lines = ['| true \\ predicted | ' + ' | '.join(classes) + ' |',
+             '|---|' + '---|' * len(classes)]
+    for c, row in zip(classes, cm, strict=True):
+        total = sum(row)
+        cells = [f'{100 * v / total:.1f}' if total else '-' for v in row]
+        lines.append(f'| {c} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
@@ -369,6 +386,10 @@ def markdown_report(result: dict[str, Any]) -> str:
     table = class_table(result)
     if table:
         lines += ['## IoU per class (%): all modalities and each modality alone', '', table, '']
+    confusion = confusion_table(result)
+    if confusion:
+        lines += ['## Confusion, all modalities: % of each true class\'s pixels', '',
+                  confusion, '']
     return '\n'.join(lines)
 
 

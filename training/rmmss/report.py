@@ -36,8 +36,10 @@ MODELS = {  # run name -> (row label, key prefix in results.json)
     'dropout': ('dropout-only baseline, compute-matched (robust + FSM steps)', 'dropout'),
     'robust': ('HPDM robust model (dropout + pixel KL + prototypes)', 'hpdm'),
     'fsm': ('FSM student (deployed)', 'fsm'),
+    'dropout_at_robust': ("dropout-only baseline at the HPDM's steps (its checkpoint there)",
+                          'dropout_equal'),
 }
-SEEDED = ('robust', 'dropout', 'fsm')
+SEEDED = ('robust', 'dropout', 'fsm', 'dropout_at_robust')
 CLASS_SUBSETS = ('RDLE', 'R', 'D')
 CURVE_FILE = 'rmmss_curves.png'
 
@@ -120,12 +122,14 @@ def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
             if path.exists():
                 per_seed[run].append({'seed': seed,
                                       **_eval_figures(json.loads(path.read_text()))})
-                curves[f'{run} seed {seed}'] = validation_curve(runs / f'seed{seed}' / run)
+                if run != 'dropout_at_robust':  # a checkpoint of the dropout run
+                    curves[f'{run} seed {seed}'] = validation_curve(runs / f'seed{seed}' / run)
     for run, rows in per_seed.items():
         if not rows:
             continue
         key = MODELS[run][1]
-        figures[f'{key}_train_steps'] = _steps(runs / f'seed{rows[0]["seed"]}' / run)
+        figures[f'{key}_train_steps'] = _steps(
+            runs / f'seed{rows[0]["seed"]}' / ('robust' if run == 'dropout_at_robust' else run))
         figures[f'{key}_seeds'] = [r['seed'] for r in rows]
         for fig in ('full_miou', 'subset_mean'):
             mean, se = mean_se([r.get(fig) for r in rows])
@@ -154,12 +158,30 @@ def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
                               'full_miou': h['full_miou'], 'subset_mean': h.get('subset_mean'),
                               'subsets': h.get('subsets', {}), 'class_iou': h['class_iou'],
                               'subset_class_iou': h.get('subset_class_iou', {})}
+    on_train = runs / 'eval_fsm_train' / 'eval.json'
+    if on_train.exists():  # the shipped student on training frames: what it fitted
+        ev = json.loads(on_train.read_text())
+        h = _eval_figures(ev)
+        figures['fsm_train_frames'] = {'shards': ev.get('shards'), 'samples': h['samples'],
+                                       'full_miou': h['full_miou'], 'class_iou': h['class_iou']}
+    ship_eval = runs / f'seed{seeds[0]}' / 'eval_fsm' / 'eval.json' if seeds else None
+    if ship_eval is not None and ship_eval.exists():
+        ev = json.loads(ship_eval.read_text())
+        if ev['full'].get('confusion'):
+            figures['fsm_confusion_pct'] = _confusion_pct(ev['classes'], ev['full']['confusion'])
     if 'dropout_subset_mean' in figures:  # the issue's names for the compute-matched baseline
         figures['dropout_matched_subset_mean'] = figures['dropout_subset_mean']
         figures['dropout_matched_subset_mean_se'] = figures['dropout_subset_mean_se']
     if 'fsm_subset_mean' in figures and 'dropout_subset_mean' in figures:
         figures['fsm_minus_dropout_subset_mean'] = round(
             figures['fsm_subset_mean'] - figures['dropout_subset_mean'], 2)
+    if 'hpdm_subset_mean' in figures and 'dropout_equal_subset_mean' in figures:
+        # paired by seed: distillation at equal steps, and what the baseline's extra steps add
+        figures['hpdm_minus_dropout_equal_subset_mean'] = _paired(
+            figures, 'hpdm', 'dropout_equal')
+        if 'dropout_subset_mean' in figures:
+            figures['dropout_extra_steps_gain_subset_mean'] = _paired(
+                figures, 'dropout', 'dropout_equal')
     if 'fsm_full_miou' in figures and 'teacher_full_miou' in figures:
         figures['fsm_minus_teacher_full_miou'] = round(
             figures['fsm_full_miou'] - figures['teacher_full_miou'], 2)
@@ -170,6 +192,24 @@ def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
         figures['fsm_second_half_change'] = half
     figures['_curves'] = curves
     return figures
+
+
+def _confusion_pct(classes: list[str], cm: list[list[int]]) -> dict[str, dict[str, float]]:
+    """true class -> predicted class -> % of the true class's pixels (rows of a confusion
+    matrix; classes without pixels are left out)."""
+    return {c: {p: round(100.0 * v / sum(row), 1) for p, v in zip(classes, row, strict=True)}
+            for c, row in zip(classes, cm, strict=True) if sum(row)}
+
+
+def _paired(figures: dict[str, Any], a: str, b: str, fig: str = 'subset_mean'
+            ) -> dict[str, Any]:
+    """Mean and standard error over the seeds both models ran of `a - b` in `fig`."""
+    va = dict(zip(figures[f'{a}_seeds'], figures[f'{a}_{fig}_per_seed'], strict=True))
+    vb = dict(zip(figures[f'{b}_seeds'], figures[f'{b}_{fig}_per_seed'], strict=True))
+    seeds = [s for s in va if s in vb and va[s] is not None and vb[s] is not None]
+    diffs = [round(va[s] - vb[s], 2) for s in seeds]
+    mean, se = mean_se(list(diffs))
+    return {'mean': mean, 'se': se, 'seeds': seeds, 'per_seed': diffs}
 
 
 def _fmt(v: float | None, se: float | None = None) -> str:
@@ -206,6 +246,15 @@ def markdown(figures: dict[str, Any]) -> str:
                       f'{figures["fsm_minus_dropout_subset_mean"]:+.2f} points (per seed: FSM '
                       f'{figures["fsm_subset_mean_per_seed"]}, dropout '
                       f'{figures["dropout_subset_mean_per_seed"]}).']
+    for key, text in (('hpdm_minus_dropout_equal_subset_mean',
+                       'HPDM - dropout-only baseline at the same steps (what distillation adds)'),
+                      ('dropout_extra_steps_gain_subset_mean',
+                       'dropout-only baseline, compute-matched - at the HPDM\'s steps (what the '
+                       'extra steps add)')):
+        if key in figures:
+            d = figures[key]
+            lines.append(f'{text}, 15-subset mean: {_fmt(d["mean"], d["se"])} points, paired '
+                         f'by seed (seeds {d["seeds"]}: {d["per_seed"]}).')
     if 'fsm_minus_teacher_full_miou' in figures:
         lines.append(f'FSM - teacher, all modalities: '
                      f'{figures["fsm_minus_teacher_full_miou"]:+.2f} points.')
@@ -255,6 +304,29 @@ def markdown(figures: dict[str, Any]) -> str:
                       f'| test | {_fmt(figures.get("fsm_full_miou"))} | '
                       f'{_fmt(figures.get("fsm_subset_mean"))} | '
                       + ' | '.join(_fmt(test.get(c)) for c in held['class_iou']) + ' |']
+    fitted = figures.get('fsm_train_frames')
+    if fitted:
+        test = figures.get('fsm_class_iou', {})
+        lines += ['', f'The shipped student on {fitted["samples"]} evenly spaced training frames '
+                      f'(`{fitted["shards"]}`) against the seeds\' mean on the test split, all '
+                      'modalities, %: the gap between the rows is what it fitted of the training '
+                      'scenes that does not carry to new ones.', '',
+                  '| | all (RDLE) | ' + ' | '.join(fitted['class_iou']) + ' |',
+                  '|---|---|' + '---|' * len(fitted['class_iou']),
+                  f'| training frames | {_fmt(fitted["full_miou"])} | '
+                  + ' | '.join(_fmt(v) for v in fitted['class_iou'].values()) + ' |',
+                  f'| test | {_fmt(figures.get("fsm_full_miou"))} | '
+                  + ' | '.join(_fmt(test.get(c)) for c in fitted['class_iou']) + ' |']
+    confusion = figures.get('fsm_confusion_pct')
+    if confusion:
+        names = list(next(iter(confusion.values())))
+        lines += ['', f'Where the shipped student\'s (seed {seeds[0] if seeds else "?"}) '
+                      'pixels go on the test split, all modalities: % of each true class\'s '
+                      'pixels (rows) predicted as each class (columns):', '',
+                  '| true \\ predicted | ' + ' | '.join(names) + ' |',
+                  '|---|' + '---|' * len(names)]
+        lines += [f'| {c} | ' + ' | '.join(f'{confusion[c][p]:.1f}' for p in names) + ' |'
+                  for c in confusion]
     flat = figures.get('val_last_fifth_change') or {}
     if flat:
         lines += ['', f'Validation curves: `docs/{CURVE_FILE}` (mean mIoU over the validated '
