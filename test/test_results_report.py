@@ -102,6 +102,25 @@ def test_report_shows_the_student_on_training_frames_and_its_confusion(tmp_path)
     assert '| mug | 30.0 | 70.0 |' in md
 
 
+def test_report_compares_hpdm_and_dropout_curves_step_by_step(tmp_path):
+    runs = _runs(tmp_path)
+    curves = {0: ({500: 0.30, 1000: 0.40}, {500: 0.28, 1000: 0.40, 1500: 0.41}),
+              1: ({500: 0.32, 1000: 0.41}, {500: 0.28, 1000: 0.40})}
+    for seed, (hpdm, dropout) in curves.items():
+        _write(runs / f'seed{seed}' / 'eval_robust' / 'eval.json', _eval(0.4, False))
+        for run, points in (('robust', hpdm), ('dropout', dropout)):
+            _write(runs / f'seed{seed}' / run / 'metrics.jsonl', '\n'.join(
+                json.dumps({'split': 'val', 'step': st, 'miou_mean': v})
+                for st, v in points.items()) + '\n')
+    docs = tmp_path / 'docs'
+    assert report.main(['--runs', str(runs), '--docs', str(docs), '--seeds', '0', '1']) == 0
+    gap = json.loads((docs / 'results.json').read_text())['rmmss']['val_hpdm_minus_dropout_by_step']
+    assert sorted(gap, key=int) == ['500', '1000']  # step 1500: the HPDM run never validated there
+    assert gap['500']['mean'] == pytest.approx(3.0) and gap['500']['se'] == pytest.approx(1.0)
+    assert gap['1000']['mean'] == pytest.approx(0.5) and gap['1000']['seeds'] == 2
+    assert 'step 500 3.00 ± 1.00, step 1000 0.50 ± 0.50' in (docs / 'results.md').read_text()
+
+
 def test_mean_and_standard_error():
     assert report.mean_se([1.0, None, 3.0]) == (2.0, 1.0)
     assert report.mean_se([5.0]) == (5.0, None)

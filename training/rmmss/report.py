@@ -104,6 +104,23 @@ def fsm_second_half(runs: Path, seeds: list[int]) -> dict[str, dict[str, float |
     return out
 
 
+def hpdm_minus_dropout_by_step(curves: dict[str, list[tuple[int, float]]], seeds: list[int]
+                               ) -> dict[str, dict[str, Any]]:
+    """step -> HPDM minus the dropout-only baseline on the validation curves (points), mean and
+    s.e. over the seeds that validated both at that step: when distillation helps."""
+    by_step: dict[int, list[float]] = {}
+    for seed in seeds:
+        hpdm = dict(curves.get(f'robust seed {seed}', []))
+        for step, value in curves.get(f'dropout seed {seed}', []):
+            if step in hpdm:
+                by_step.setdefault(step, []).append(100.0 * (hpdm[step] - value))
+    out = {}
+    for step in sorted(by_step):
+        mean, se = mean_se(by_step[step])
+        out[str(step)] = {'mean': mean, 'se': se, 'seeds': len(by_step[step])}
+    return out
+
+
 def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
     """Figures (mIoU in %) of every evaluated model under `runs`; seeded models averaged."""
     figures: dict[str, Any] = {'seeds': list(seeds)}
@@ -187,6 +204,9 @@ def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
             figures['fsm_full_miou'] - figures['teacher_full_miou'], 2)
     figures['val_last_fifth_change'] = {name: last_fifth_change(c) for name, c in curves.items()
                                         if c}
+    gap = hpdm_minus_dropout_by_step(curves, seeds)
+    if gap:
+        figures['val_hpdm_minus_dropout_by_step'] = gap
     half = fsm_second_half(runs, seeds)
     if half:
         figures['fsm_second_half_change'] = half
@@ -333,6 +353,12 @@ def markdown(figures: dict[str, Any]) -> str:
                       'subsets RDLE, R, D, L, E on 120 validation samples, against the step). '
                       'Change over the last fifth of each run, in points: ' + ', '.join(
                           f'{name} {_fmt(v)}' for name, v in flat.items()) + '.']
+    gap = figures.get('val_hpdm_minus_dropout_by_step') or {}
+    if gap:
+        lines += ['', 'HPDM minus the dropout-only baseline on the validation curves at the same '
+                      'step (mean over the validated subsets, points, mean ± s.e. over the seeds): '
+                      + ', '.join(f'step {step} {_fmt(v["mean"], v["se"])}'
+                                  for step, v in gap.items()) + '.']
     half = figures.get('fsm_second_half_change') or {}
     if half:
         lines += ['', 'The FSM has one validation point per run; its middle and last checkpoints '
