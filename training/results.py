@@ -116,6 +116,8 @@ def draw_curve_panels(panels: dict[str, list[tuple[str, Curve]]], path: Path) ->
             pts = np.array([[x0 + int(pw * s / xmax), m + ph - int(ph * v / ymax)]
                             for s, v in curve], np.int32)
             cv2.polylines(img, [pts], False, color, 2, cv2.LINE_AA)
+            for x, y in pts:  # a run with one validation point is a dot, not nothing
+                cv2.circle(img, (int(x), int(y)), 3, color, -1, cv2.LINE_AA)
             cv2.putText(img, name, (x0 + 8, m + ph + 16 + 14 * ci),
                         cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1, cv2.LINE_AA)
     path.parent.mkdir(parents=True, exist_ok=True)
