@@ -228,7 +228,7 @@ def _paired(figures: dict[str, Any], a: str, b: str, fig: str = 'subset_mean'
     vb = dict(zip(figures[f'{b}_seeds'], figures[f'{b}_{fig}_per_seed'], strict=True))
     seeds = [s for s in va if s in vb and va[s] is not None and vb[s] is not None]
     diffs = [round(va[s] - vb[s], 2) for s in seeds]
-    mean, se = mean_se(list(diffs))
+    mean, se = mean_se(diffs)
     return {'mean': mean, 'se': se, 'seeds': seeds, 'per_seed': diffs}
 
 
