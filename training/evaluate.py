@@ -41,6 +41,7 @@ from rmseg_ros.modalities import INDEX, MODALITIES, all_subsets, presence_from_n
 from training import failures
 from training.data import tensor_failures
 from training.data.tensor_failures import TENSOR_FAILURES
+from training.results import confusion_markdown, confusion_shares
 
 log = logging.getLogger('rmseg-train.evaluate')
 
@@ -338,14 +339,7 @@ def confusion_table(result: dict[str, Any]) -> str:
     cm = (result.get('full') or {}).get('confusion')
     if not cm:
         return ''
-    classes = result['classes']
-    lines = ['| true \\ predicted | ' + ' | '.join(classes) + ' |',
-             '|---|' + '---|' * len(classes)]
-    for c, row in zip(classes, cm, strict=True):
-        total = sum(row)
-        cells = [f'{100 * v / total:.1f}' if total else '-' for v in row]
-        lines.append(f'| {c} | ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
+    return confusion_markdown(result['classes'], confusion_shares(result['classes'], cm))
 
 
 def _fmt(v: float | None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,22 @@ def draw_curve_panels(panels: dict[str, list[tuple[str, Curve]]], path: Path) ->
                         cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1, cv2.LINE_AA)
     path.parent.mkdir(parents=True, exist_ok=True)
     return bool(cv2.imwrite(str(path), img))
+
+
+def confusion_shares(classes: Sequence[str], cm: Sequence[Sequence[int]]
+                     ) -> dict[str, dict[str, float]]:
+    """true class -> predicted class -> % of the true class's pixels (1 decimal), for the rows
+    of a confusion matrix that have pixels."""
+    return {c: {p: round(100.0 * v / sum(row), 1) for p, v in zip(classes, row, strict=True)}
+            for c, row in zip(classes, cm, strict=True) if sum(row)}
+
+
+def confusion_markdown(classes: Sequence[str], shares: dict[str, dict[str, float]]) -> str:
+    """`confusion_shares` as a Markdown table; classes without pixels get '-'."""
+    lines = ['| true \\ predicted | ' + ' | '.join(classes) + ' |',
+             '|---|' + '---|' * len(classes)]
+    for c in classes:
+        row = shares.get(c)
+        cells = [f'{row[p]:.1f}' if row else '-' for p in classes]
+        lines.append(f'| {c} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)

@@ -204,11 +204,12 @@ def make_dataset(patterns: list[str], frontend: FrontendConfig, *, augment: Augm
     if augment is not None and augment.modality_dropout > 0:
         raise ValueError('data.augment.modality_dropout must be 0 for RMMSS: the teacher needs '
                          'the full view of each sample; set the `dropout:` section instead')
-    empty = [p for p in patterns if not shard_dirs([p])]
+    matched = {p: shard_dirs([p]) for p in patterns}
+    empty = [p for p, found in matched.items() if not found]
     if empty:  # a forgotten cache (e.g. `make data-extra`) must not silently shrink a split
         raise FileNotFoundError(f'no shards (directories with meta.json) match {empty}; '
                                 'build them with `rmseg-train dataset` (or `make data`)')
-    dirs = shard_dirs(patterns)
+    dirs = sorted(set().union(*matched.values()))
     if not dirs:
         raise FileNotFoundError('no shard patterns given')
     ds = ShardDataset(dirs, frontend, augment, seed=seed, labelled_only=labelled_only,

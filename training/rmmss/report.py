@@ -23,6 +23,8 @@ import yaml
 
 from rmseg_ros.modalities import all_subsets, subset_name
 from training.results import (
+    confusion_markdown,
+    confusion_shares,
     draw_curve_panels,
     last_fifth_change,
     mean_se,
@@ -185,7 +187,8 @@ def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
     if ship_eval is not None and ship_eval.exists():
         ev = json.loads(ship_eval.read_text())
         if ev['full'].get('confusion'):
-            figures['fsm_confusion_pct'] = _confusion_pct(ev['classes'], ev['full']['confusion'])
+            figures['fsm_confusion_pct'] = confusion_shares(ev['classes'],
+                                                               ev['full']['confusion'])
     if 'dropout_subset_mean' in figures:  # the issue's names for the compute-matched baseline
         figures['dropout_matched_subset_mean'] = figures['dropout_subset_mean']
         figures['dropout_matched_subset_mean_se'] = figures['dropout_subset_mean_se']
@@ -212,13 +215,6 @@ def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
         figures['fsm_second_half_change'] = half
     figures['_curves'] = curves
     return figures
-
-
-def _confusion_pct(classes: list[str], cm: list[list[int]]) -> dict[str, dict[str, float]]:
-    """true class -> predicted class -> % of the true class's pixels (rows of a confusion
-    matrix; classes without pixels are left out)."""
-    return {c: {p: round(100.0 * v / sum(row), 1) for p, v in zip(classes, row, strict=True)}
-            for c, row in zip(classes, cm, strict=True) if sum(row)}
 
 
 def _paired(figures: dict[str, Any], a: str, b: str, fig: str = 'subset_mean'
@@ -343,10 +339,7 @@ def markdown(figures: dict[str, Any]) -> str:
         lines += ['', f'Where the shipped student\'s (seed {seeds[0] if seeds else "?"}) '
                       'pixels go on the test split, all modalities: % of each true class\'s '
                       'pixels (rows) predicted as each class (columns):', '',
-                  '| true \\ predicted | ' + ' | '.join(names) + ' |',
-                  '|---|' + '---|' * len(names)]
-        lines += [f'| {c} | ' + ' | '.join(f'{confusion[c][p]:.1f}' for p in names) + ' |'
-                  for c in confusion]
+                  confusion_markdown(names, confusion)]
     flat = figures.get('val_last_fifth_change') or {}
     if flat:
         lines += ['', f'Validation curves: `docs/{CURVE_FILE}` (mean mIoU over the validated '
