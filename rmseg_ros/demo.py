@@ -6,7 +6,10 @@ cannot subscribe to TFMessage where tf2_msgs is not installed), start the record
 bag/ (every output as rosbag2 mcap, on the input's clock: Foxglove, or replay into rviz2),
 overlay/*.png, overlay.avi (MJPG), montage.png (every n-th overlay with the subset used, and a
 class colour legend), timeline.jsonl (per diagnostics tick: subset used, missing modalities,
-states, latency) and summary.json (rates, latency, subsets used, frames).
+states, latency) and summary.json (rates, latency, subsets used, frames). When the recording
+has ground truth (the simulator's labels/semantic), summary.json also scores the published
+labels against it frame by frame (`against_labels`: per-class IoU and where each class's
+pixels went), so "what is still wrong" in the montage has numbers.
 """
 
 from __future__ import annotations
@@ -128,6 +131,52 @@ def summarize(out: Path, bag: Path, elapsed_s: float) -> dict[str, Any]:
     return summary
 
 
+def read_label_images(bag: Path, topic: str) -> dict[int, np.ndarray]:
+    """Header stamp (ns) -> class-id image (mono8) of `topic` in a recording ({} without it)."""
+    from rosbags.highlevel import AnyReader
+
+    from rmseg_ros.conversions import image_to_numpy, stamp_ns
+
+    out: dict[int, np.ndarray] = {}
+    with AnyReader([bag]) as reader:
+        conns = [c for c in reader.connections if c.topic.lstrip('/') == topic.lstrip('/')]
+        for conn, _, raw in reader.messages(connections=conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            out[stamp_ns(msg)] = np.array(image_to_numpy(msg))
+    return out
+
+
+def score_labels(predicted: dict[int, np.ndarray], truth: dict[int, np.ndarray],
+                 names: list[str] | tuple[str, ...], ignore_index: int = 255
+                 ) -> dict[str, Any] | None:
+    """Published labels against ground truth over the frames both have (matched by stamp).
+
+    Per class present in the truth: IoU in % and the share of its pixels predicted as each
+    class; the mIoU is over those classes. Predictions at another size are resized (nearest)
+    to the truth's. None when no frame matches."""
+    common = sorted(set(predicted) & set(truth))
+    if not common:
+        return None
+    k = len(names)
+    conf = np.zeros((k, k), np.int64)
+    for stamp in common:
+        pred, true = predicted[stamp], truth[stamp]
+        if pred.shape != true.shape:
+            pred = cv2.resize(pred, (true.shape[1], true.shape[0]),
+                              interpolation=cv2.INTER_NEAREST)
+        valid = (true != ignore_index) & (true < k) & (pred < k)
+        conf += np.bincount(true[valid].astype(np.int64) * k + pred[valid],
+                            minlength=k * k).reshape(k, k)
+    present = [i for i in range(k) if conf[i].sum() > 0]
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    iou = {names[i]: round(100.0 * float(tp[i]) / float(union[i]), 2) for i in present}
+    shares = {names[i]: {names[j]: round(100.0 * float(conf[i, j]) / float(conf[i].sum()), 1)
+                         for j in range(k) if conf[i, j]} for i in present}
+    return {'frames': len(common), 'miou': round(float(np.mean(list(iou.values()))), 2),
+            'class_iou': iou, 'predicted_as_pct': shares}
+
+
 def _num(text: Any) -> float | None:
     try:
         return round(float(text), 3)
@@ -197,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--rate', type=float, default=0.5,
                     help='bag playback speed (the default leaves a loaded CPU room)')
     ap.add_argument('--single-process', action='store_true')
+    ap.add_argument('--truth-topic', default='labels/semantic',
+                    help='ground-truth class ids in the recording, scored against the output '
+                         'labels when present')
     opts = ap.parse_args(argv)
     bag = find_bag(Path(opts.bag))
     out = Path(opts.out)
@@ -233,12 +285,22 @@ def main(argv: list[str] | None = None) -> int:
             recorder.kill()
     summary = summarize(out, bag, time.monotonic() - t0)
     summary['bringup_status'] = status
+    if (out / 'bag').exists():
+        scored = score_labels(read_label_images(out / 'bag', '/perception/labels'),
+                              read_label_images(bag, opts.truth_topic), ClassTable.load().names)
+        if scored is not None:
+            summary['against_labels'] = scored
     (out / 'summary.json').write_text(json.dumps(summary, indent=1) + '\n')
     print(json.dumps(summary, indent=1))
     if status != 0 or summary['overlays'] == 0:
         print('[demo] FAILED: no overlays were produced' if summary['overlays'] == 0
               else f'[demo] bringup exited with status {status}', file=sys.stderr)
         return 1
+    scored = summary.get('against_labels')
+    if scored:
+        print(f'[demo] against the recording\'s {opts.truth_topic} ({scored["frames"]} frames): '
+              f'mIoU {scored["miou"]:.1f}; ' + ', '.join(
+                  f'{c} {v:.1f}' for c, v in scored['class_iou'].items()))
     print(f'[demo] wrote {out}/ (bag/ = every output as rosbag2 mcap, overlay.avi, '
           'montage.png, timeline.jsonl, summary.json)')
     return 0

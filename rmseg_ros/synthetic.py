@@ -52,6 +52,13 @@ class SyntheticRig:
         img[y0:y1, max(x0, 0):max(x1, 0)] = (200, 60, 40)
         return img
 
+    def labels(self, t: float, wall: int = 1, box: int = 4) -> np.ndarray:
+        """uint8 class ids (the wall and the box; ids of config/classes.yaml)."""
+        lab = np.full((self.height, self.width), wall, np.uint8)
+        x0, y0, x1, y1 = self._box_rect(t)
+        lab[y0:y1, max(x0, 0):max(x1, 0)] = box
+        return lab
+
     def depth_m(self, t: float) -> np.ndarray:
         d = np.full((self.height, self.width), self.wall_m, np.float32)
         x0, y0, x1, y1 = self._box_rect(t)

@@ -17,10 +17,11 @@ PERIOD_NS = 100_000_000  # 10 Hz
 
 
 def write_rig_bag(path: Path, frames: int = 6, width: int = 160, height: int = 120,
-                  storage: str = 'mcap', lidar: bool = False) -> list[int]:
-    """camera/image (rgb8), depth/image (32FC1), camera/camera_info and, with `lidar`,
-    lidar/points (x y z intensity, same stamps) at 10 Hz; returns the camera frames' header
-    stamps (ns)."""
+                  storage: str = 'mcap', lidar: bool = False, labels: bool = False) -> list[int]:
+    """camera/image (rgb8), depth/image (32FC1), camera/camera_info, with `lidar`
+    lidar/points (x y z intensity, same stamps) and with `labels` labels/semantic (mono8 class
+    ids, as the simulator records them) at 10 Hz; returns the camera frames' header stamps
+    (ns)."""
     from rclpy.serialization import serialize_message
     from sensor_msgs.msg import CameraInfo
     from std_msgs.msg import Header
@@ -33,6 +34,8 @@ def write_rig_bag(path: Path, frames: int = 6, width: int = 160, height: int = 1
               ('/camera/camera_info', 'sensor_msgs/msg/CameraInfo')]
     if lidar:
         topics.append(('/lidar/points', 'sensor_msgs/msg/PointCloud2'))
+    if labels:
+        topics.append(('/labels/semantic', 'sensor_msgs/msg/Image'))
     with Writer(path, version=9, storage_plugin=StoragePlugin[storage.upper()]) as writer:
         conns = {topic: writer.add_connection(topic, msgtype, typestore=store)
                  for topic, msgtype in topics}
@@ -54,6 +57,9 @@ def write_rig_bag(path: Path, frames: int = 6, width: int = 160, height: int = 1
                 lidar_header = Header(frame_id='lidar', stamp=header.stamp)
                 msgs['/lidar/points'] = conversions.array_to_pointcloud2(
                     cloud_array(xyz, intensity), lidar_header)
+            if labels:
+                msgs['/labels/semantic'] = conversions.numpy_to_image(rig.labels(t), 'mono8',
+                                                                       header)
             for topic, msg in msgs.items():
                 writer.write(conns[topic], stamp, serialize_message(msg))
             stamps.append(stamp)

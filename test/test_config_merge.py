@@ -92,7 +92,7 @@ def test_robotseg_sets_keep_their_arms_apart() -> None:
     is what the simulator draws for its seeds (other scene settings stay the simulator's)."""
     spec = load_yaml(CONFIGS / 'robotseg_sim.yaml')
     base = load_yaml(CONFIGS / 'sim.yaml')
-    for name in ('train', 'deploy_dark', 'deploy_lit', 'deploy_bright'):
+    for name in ('train', 'train_more', 'deploy_dark', 'deploy_lit', 'deploy_bright'):
         assert simdata.set_config(spec, name)['scene']['robots'] == {'franka_panda': 1.0}
     stress = simdata.set_config(spec, 'stress')
     assert stress['scene']['robots'] == {'xarm6': 1.0}
@@ -103,6 +103,11 @@ def test_robotseg_sets_keep_their_arms_apart() -> None:
     assert _arms(from_dict(SimConfig, stress), range(9300, 9304)) == {'xarm6'}
     train = from_dict(SimConfig, simdata.set_config(spec, 'train'))
     assert _arms(train, range(100, 104)) == {'franka_panda'}
+    # train_more is train's kind of scene on other seeds, none shared with any other set
+    assert simdata.set_config(spec, 'train_more') == simdata.set_config(spec, 'train')
+    seeds = {n: set(range(s['seed'], s['seed'] + 2 * s['scenes']))
+             for n, s in spec['sets'].items()}
+    assert all(not (seeds[a] & seeds[b]) for a in seeds for b in seeds if a < b)
 
 
 def test_stage_smoke_and_variant_sections_still_merge() -> None:

@@ -14,19 +14,36 @@ from rig_bag import write_rig_bag
 from rosbags.highlevel import AnyReader
 
 from rmseg_ros.classes import ClassTable
-from rmseg_ros.demo import legend
-
-pytestmark = pytest.mark.ros
+from rmseg_ros.demo import legend, score_labels
 
 IMAGES = ('labels', 'color_mask', 'overlay', 'confidence')
 
 
+def test_score_labels_matches_frames_by_stamp_and_counts_where_pixels_went():
+    names = ['floor', 'wall', 'mug']
+    truth = {10: np.array([[0, 0, 2, 2], [1, 1, 2, 255]], np.uint8),
+             20: np.full((2, 4), 1, np.uint8)}
+    pred = {10: np.array([[0, 1, 2, 0], [1, 1, 2, 0]], np.uint8),  # one mug pixel -> floor
+            30: np.zeros((2, 4), np.uint8)}  # no truth at this stamp: not scored
+    s = score_labels(pred, truth, names)
+    assert s['frames'] == 1
+    # floor: tp 1, truth 2, predicted 2 (the 255 pixel is ignored) -> 1 / 3
+    assert s['class_iou'] == {'floor': 33.33, 'wall': pytest.approx(66.67), 'mug': 66.67}
+    assert s['predicted_as_pct']['mug'] == {'floor': 33.3, 'mug': 66.7}
+    assert s['miou'] == pytest.approx((33.33 + 66.67 + 66.67) / 3, abs=0.01)
+    # a prediction at half the size is resized (nearest) to the truth's
+    half = {20: np.full((1, 2), 1, np.uint8)}
+    assert score_labels(half, truth, names)['class_iou'] == {'wall': 100.0}
+    assert score_labels(pred, {99: truth[10]}, names) is None
+
+
+@pytest.mark.ros
 def test_demo_writes_its_outputs_as_a_bag_on_the_input_clock(tiny_checkpoint, tmp_path,
                                                              spawn_python):
     from rmseg_ros.config import config_path
 
     # 3 s of frames: the recorder may join after the first ones (DDS discovery)
-    stamps = write_rig_bag(tmp_path / 'demo' / 'scene', frames=30, lidar=True)
+    stamps = write_rig_bag(tmp_path / 'demo' / 'scene', frames=30, lidar=True, labels=True)
     config = yaml.safe_load(config_path('perception.yaml').read_text())
     config['sync'].update(modalities=['rgb', 'depth', 'lidar'], pivot_fallback=[])
     (tmp_path / 'perception.yaml').write_text(yaml.safe_dump(config))
@@ -59,6 +76,12 @@ def test_demo_writes_its_outputs_as_a_bag_on_the_input_clock(tiny_checkpoint, tm
     table = json.loads(by_topic['/perception/class_table'][0][1].data)
     assert [c['name'] for c in table['classes']] == list(ClassTable.load().names)
     assert min(log for log, _ in by_topic['/diagnostics']) >= min(stamps)
+
+    # every published label image scored against the recording's truth of the same stamp
+    scored = json.loads((out / 'summary.json').read_text())['against_labels']
+    assert scored['frames'] == len(frames['labels'])
+    assert set(scored['class_iou']) == {'wall', 'box'}  # the rig's two classes
+    assert f'({scored["frames"]} frames): mIoU' in stdout
 
     montage = cv2.imread(str(out / 'montage.png'))
     strip = legend(ClassTable.load(), montage.shape[1])

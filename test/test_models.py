@@ -81,10 +81,11 @@ def _net(seed: int = 0, **kw) -> FusionSegNet:
     return _calibrate(_randomise(FusionSegNet(_cfg(**kw)), seed))
 
 
-def _student(seed: int = 0, **kw) -> FSMStudent:
+def _student(seed: int = 0, presence_gate: bool = False, **kw) -> FSMStudent:
     teacher, robust = _net(seed, **kw), _net(seed + 1, **kw)
     torch.manual_seed(seed + 2)
-    return _calibrate(_randomise(FSMStudent(teacher, robust, FSMConfig(hidden=8)), seed + 3))
+    cfg = FSMConfig(hidden=8, presence_gate=presence_gate)
+    return _calibrate(_randomise(FSMStudent(teacher, robust, cfg), seed + 3))
 
 
 def _inputs(batch: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -328,6 +329,46 @@ def test_stage_selector_learns_to_pick_the_informative_source():
     assert gate_a > gate_b + 0.1
 
 
+@pytest.mark.parametrize('told', [False, True])
+def test_stage_selector_told_the_subset_picks_the_seeing_source(told):
+    """Both sources look alike (unit Gaussians); which one carries the target depends only on
+    which sensors are present (A: the teacher's modality is missing, B: the robust model's
+    information is). Without the presence vector no gate can tell A from B; with it, the
+    selector learns to take the right source in each."""
+    torch.manual_seed(0)
+    sel = StageSelector(channels=4, hidden=16, init_bias=0.0, context=4 if told else 0)
+    g = torch.Generator().manual_seed(1)
+    pres = {'A': torch.tensor([1.0, 0.0, 1.0, 1.0]), 'B': torch.tensor([1.0, 1.0, 0.0, 0.0])}
+
+    def batch(kind: str):
+        signal = torch.randn(8, 4, 6, 6, generator=g)
+        noise = torch.randn(8, 4, 6, 6, generator=g)
+        ctx = pres[kind].expand(8, -1) if told else None
+        return ((noise, signal) if kind == 'A' else (signal, noise)) + (signal, ctx)
+
+    def robust_share(kind: str) -> float:
+        with torch.no_grad():
+            t, r, _, ctx = batch(kind)
+            a_t, a_r, _ = sel.coefficients(t, r, ctx)
+            return float((a_r / (a_t + a_r)).mean())
+
+    opt = torch.optim.Adam(sel.parameters(), lr=0.02)
+    for step in range(80):
+        t, r, target, ctx = batch('A' if step % 2 else 'B')
+        loss = torch.nn.functional.mse_loss(sel(t, r, ctx)[0], target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    share_a, share_b = robust_share('A'), robust_share('B')
+    if told:
+        assert share_a > 0.85 and share_b < 0.15
+    else:
+        assert abs(share_a - share_b) < 0.1
+    if told:
+        with pytest.raises(ValueError, match='context'):
+            sel(*batch('A')[:2])
+
+
 def test_logit_selector_learns_to_trust_the_confident_correct_source():
     torch.manual_seed(0)
     sel = LogitSelector(num_classes=3, hidden=16, init_bias=0.0)
@@ -363,9 +404,10 @@ def _meta(model, arch: str) -> dict:
                            FrontendConfig(height=H, width=W), 'cafe', extra={'epoch': 3})
 
 
-@pytest.mark.parametrize('arch', ['fusion', 'fsm_student'])
+@pytest.mark.parametrize('arch', ['fusion', 'fsm_student', 'fsm_student_presence'])
 def test_checkpoint_round_trip(tmp_path, arch):
-    model = _net() if arch == 'fusion' else _student()
+    model = _net() if arch == 'fusion' else _student(presence_gate=arch.endswith('presence'))
+    arch = arch.removesuffix('_presence')
     meta = _meta(model, arch)
     path = tmp_path / 'model.safetensors'
     save_checkpoint(path, model.state_dict(), meta)
@@ -429,7 +471,8 @@ def test_foreign_files_are_refused(tmp_path):
 @pytest.fixture(scope='module')
 def student_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp('ckpt') / 'student.safetensors'
-    model = _student(seed=5, rgb_standardize=True)  # as shipped (training/configs/rmmss.yaml)
+    # as shipped (training/configs/rmmss.yaml)
+    model = _student(seed=5, presence_gate=True, rgb_standardize=True)
     save_checkpoint(path, model.state_dict(), _meta(model, 'fsm_student'))
     return path
 

@@ -215,11 +215,18 @@ def test_variants_differ_only_where_they_say() -> None:
                               ('no_cycle', 'loss.cycle_weight', 0.0),
                               ('supervised', 'data.labels', 'all'),
                               ('kinematic', 'data.robot_masks', 'labels_kin'),
-                              ('kinematic_all', 'data.robot_masks', 'labels_kin')]:
+                              ('kinematic_all', 'data.robot_masks', 'labels_kin'),
+                              ('kinematic_24', 'data.robot_masks', 'labels_kin')]:
         _cfg, resolved = load_config(None, name)
         section, key = path.split('.')
         assert resolved[section][key] == value
-        assert resolved['run'] == rb['run'] and resolved['optim'] == rb['optim']
+        assert resolved['optim'] == rb['optim']
+        assert resolved['run'] == rb['run'] or name == 'kinematic_24'
+    kin, _ = load_config(None, 'kinematic')
+    few, _ = load_config(None, 'kinematic_24')
+    assert kin.data.train == [*few.data.train, 'data/robotseg/train_more/*/scene_*']
+    assert (few.run.steps, kin.run.steps) == (6000, 10000)
+    assert kin.experiment.training_sets == ['train', 'train_more']
     with pytest.raises(ValueError):
         load_config(None, 'nonsense')
 
@@ -318,7 +325,8 @@ def test_smoke_train_resume_export_evaluate_report(tmp_path: Path, monkeypatch) 
     for name, shift in (('dep_a', 0.0), ('dep_b', 0.1), ('stress_s', -0.2)):
         (runs / name).mkdir(parents=True)
         (runs / name / 'eval_flow.json').write_text(json.dumps(flow))
-        scored = {**ev, 'JF': ev['JF'] + shift, 'train': {'step': 5, 'labelled_frames': 3}}
+        scored = {**ev, 'JF': ev['JF'] + shift,
+                  'train': {'step': 5, 'labelled_frames': 3, 'videos': 1}}
         (runs / name / 'eval_robotseg.json').write_text(json.dumps(scored))
         half = {**scored, 'JF': scored['JF'] - 0.02}
         (runs / name / 'eval_robotseg_half.json').write_text(json.dumps(half))
@@ -328,10 +336,12 @@ def test_smoke_train_resume_export_evaluate_report(tmp_path: Path, monkeypatch) 
     assert figures['unseen_robot_jf'] == pytest.approx(100 * ev['JF'] - 20.0, abs=0.01)
     assert figures['robotseg_minus_flow'] == pytest.approx(
         figures['robotseg_jf'] - figures['flow_jf'], abs=0.02)
-    assert figures['robotseg_train_steps'] == 5
+    assert figures['robotseg_train_steps'] == 5 and figures['robotseg_train_videos'] == 1
     assert figures['robotseg_second_half_change'] == pytest.approx(2.0, abs=0.01)
     write(figures, tmp_path / 'docs')
     md = (tmp_path / 'docs' / 'results.md').read_text()
     js = json.loads((tmp_path / 'docs' / 'results.json').read_text())
     assert '<!-- robotseg:begin -->' in md and f'{figures["flow_jf"]:.2f}' in md
+    assert '| model | train steps | videos | labelled frames |' in md
+    assert '| 5 | 1 | 3 |' in md  # the row's own steps, videos and labelled frames
     assert js['robotseg']['flow_jf'] == figures['flow_jf']

@@ -517,3 +517,32 @@ def test_robot_base_frames_are_published(bags: dict[str, Path]) -> None:
     moved = np.hypot(husky[0].transform.translation.x - husky[1].transform.translation.x,
                      husky[0].transform.translation.y - husky[1].transform.translation.y)
     assert moved > 0.05  # the husky drives (0.2-0.5 m/s for 0.5 s)
+
+
+def _table_classes(seed: int, cfg_path: Path) -> set[str]:
+    """Classes of the objects resting on the table in the scene of `seed`."""
+    cfg = load_config(cfg_path)
+    classes = ClassTable.load()
+    client = connect()
+    try:
+        scene = build_scene(seed, cfg.scene, classes, cfg.lidar, client)
+        return {classes.names[scene.body_class[b]] for b in scene.objects
+                if p.getBasePositionAndOrientation(b, physicsClientId=client)[0][2]
+                > scene.table_top_z - 0.05}
+    finally:
+        disconnect(client)
+
+
+def test_demo_scene_is_the_first_test_seed_with_box_mug_and_duck_on_the_table() -> None:
+    """`make demo` shows the deployed student on a box, a mug and a duck (issue 16's montage);
+    the Makefile's DEMO_SEED must still be the scene chosen by that rule if the simulator
+    changes."""
+    root = Path(__file__).resolve().parents[1]
+    makefile = (root / 'Makefile').read_text()
+    demo_seed = int(makefile.split('DEMO_SEED ?=')[1].split()[0])
+    cfg_path = root / 'training' / 'configs' / 'demo_sim.yaml'
+    wanted = {'box', 'mug', 'duck'}
+    candidates = [s for s in range(1000, demo_seed + 1) if split_of(s) == 'test']
+    assert candidates[-1] == demo_seed  # a test-split scene
+    assert wanted <= _table_classes(demo_seed, cfg_path)
+    assert all(not wanted <= _table_classes(s, cfg_path) for s in candidates[:-1])

@@ -276,6 +276,14 @@ def _presence_mask(presence: torch.Tensor | Any, batch: int, device: torch.devic
     return p
 
 
+def effective_presence(inputs: dict[str, torch.Tensor], presence: torch.Tensor | Any
+                       ) -> torch.Tensor:
+    """(B, M) bool: modalities marked present *and* given as tensors (what the encoder uses)."""
+    ref = next(iter(inputs.values()))
+    given = torch.tensor([m in inputs for m in MODALITIES], device=ref.device)
+    return _presence_mask(presence, ref.shape[0], ref.device) & given
+
+
 # ----------------------------------------------------------------------------- the network
 
 class FusionSegNet(nn.Module):
@@ -308,10 +316,8 @@ class FusionSegNet(nn.Module):
         if not inputs:
             raise ValueError('no modality tensors given')
         ref = next(iter(inputs.values()))
-        batch, device = ref.shape[0], ref.device
-        pres = _presence_mask(presence, batch, device)
-        given = torch.tensor([m in inputs for m in MODALITIES], device=device)
-        pres = pres & given
+        batch = ref.shape[0]
+        pres = effective_presence(inputs, presence)
         if not static and not bool(pres.any(dim=1).all()):
             raise ValueError('every sample needs at least one present modality '
                              f'(presence {pres.int().tolist()}, given {sorted(inputs)})')

@@ -35,6 +35,8 @@ from training.results import (
 SECTION = 'rmmss'
 MODELS = {  # run name -> (row label, key prefix in results.json)
     'teacher': ('teacher (all modalities, class-weighted OHEM CE)', 'teacher'),
+    'teacher_long': ('teacher, twice the steps (convergence check; not distilled from)',
+                     'teacher_long'),
     'dropout': ('dropout-only baseline, compute-matched (robust + FSM steps)', 'dropout'),
     'robust': ('HPDM robust model (dropout + pixel KL + prototypes)', 'hpdm'),
     'fsm': ('FSM student (deployed)', 'fsm'),
@@ -42,6 +44,7 @@ MODELS = {  # run name -> (row label, key prefix in results.json)
                           'dropout_equal'),
 }
 SEEDED = ('robust', 'dropout', 'fsm', 'dropout_at_robust')
+TEACHERS = ('teacher', 'teacher_long')
 CLASS_SUBSETS = ('RDLE', 'R', 'D')
 CURVE_FILE = 'rmmss_curves.png'
 
@@ -128,13 +131,14 @@ def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
     figures: dict[str, Any] = {'seeds': list(seeds)}
     per_seed: dict[str, list[dict[str, Any]]] = {m: [] for m in SEEDED}
     curves: dict[str, list[tuple[int, float]]] = {}
-    teacher_eval = runs / 'eval_teacher' / 'eval.json'
-    if teacher_eval.exists():
-        t = _eval_figures(json.loads(teacher_eval.read_text()))
-        figures.update({f'teacher_{k}': v for k, v in t.items() if k != 'samples'})
-        figures['teacher_train_steps'] = _steps(runs / 'teacher')
-        figures['test_samples'] = t['samples']
-        curves['teacher'] = validation_curve(runs / 'teacher')
+    for run in TEACHERS:  # one seed each; teacher_long: the same run with twice the steps
+        teacher_eval = runs / f'eval_{run}' / 'eval.json'
+        if teacher_eval.exists():
+            t = _eval_figures(json.loads(teacher_eval.read_text()))
+            figures.update({f'{run}_{k}': v for k, v in t.items() if k != 'samples'})
+            figures[f'{run}_train_steps'] = _steps(runs / run)
+            figures['test_samples'] = t['samples']
+            curves[run.replace('_', ' ')] = validation_curve(runs / run)
     for run in SEEDED:
         for seed in seeds:
             path = runs / f'seed{seed}' / f'eval_{run}' / 'eval.json'
@@ -205,6 +209,12 @@ def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
     if 'fsm_full_miou' in figures and 'teacher_full_miou' in figures:
         figures['fsm_minus_teacher_full_miou'] = round(
             figures['fsm_full_miou'] - figures['teacher_full_miou'], 2)
+    if 'teacher_long_full_miou' in figures and 'teacher_full_miou' in figures:
+        figures['teacher_long_minus_teacher'] = {
+            fig: round(figures[f'teacher_long_{fig}'] - figures[f'teacher_{fig}'], 2)
+            for fig in ('full_miou', 'subset_mean')
+            if figures.get(f'teacher_long_{fig}') is not None
+            and figures.get(f'teacher_{fig}') is not None}
     figures['val_last_fifth_change'] = {name: last_fifth_change(c) for name, c in curves.items()
                                         if c}
     gap = hpdm_minus_dropout_by_step(curves, seeds)
@@ -274,6 +284,12 @@ def markdown(figures: dict[str, Any]) -> str:
     if 'fsm_minus_teacher_full_miou' in figures:
         lines.append(f'FSM - teacher, all modalities: '
                      f'{figures["fsm_minus_teacher_full_miou"]:+.2f} points.')
+    if figures.get('teacher_long_minus_teacher'):
+        d = figures['teacher_long_minus_teacher']
+        lines.append(f'Teacher with {figures.get("teacher_long_train_steps", "?")} steps - with '
+                     f'{figures.get("teacher_train_steps", "?")} (same seed, data and schedule '
+                     'shape): ' + ', '.join(f'{fig} {v:+.2f}' for fig, v in d.items())
+                     + ' points.')
     classes = list(next((figures[f'{k}_class_iou'] for _, _, k in present), {}))
     for subset, title in (('RDLE', 'all modalities'), ('R', 'RGB alone'),
                           ('D', 'depth alone')):

@@ -98,6 +98,9 @@ class ExperimentConfig:
     deployment_sets: list[str] = field(default_factory=lambda: [
         'deploy_dark', 'deploy_lit', 'deploy_bright'])
     stress_sets: list[str] = field(default_factory=lambda: ['stress'])
+    # sets whose bags are training data: they get exact kinematic masks (the others: masks
+    # with the calibration error below, a test-time baseline)
+    training_sets: list[str] = field(default_factory=lambda: ['train'])
     kinematic_masks: str = 'labels_kin'  # rendered into the training bags, exact calibration
     calib_masks: str = 'labels_kin_calib'  # rendered into the test bags with the error below
     calib_error_deg: float = 1.0

@@ -89,13 +89,13 @@ def kinematic_masks(base: RobotSegTrainConfig, sets: list[str]) -> dict[str, Any
     root = Path(base.out_root)
     root.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {}
-    for name in ['train', *sets]:
+    for name in [*ex.training_sets, *sets]:
         path = root / f'masks_{name}.json'
         if not path.exists():
             bags = [str(b) for b in bag_dirs(ex.set_bags(name))]
             if not bags:
                 raise FileNotFoundError(f'set {name!r}: no bags under {ex.data_root}/{name}')
-            train = name == 'train'
+            train = name in ex.training_sets
             argv = ['--bags', *bags, '--sim-robots', '--iou-against', base.data.robot_topic,
                     '--label-dir', ex.kinematic_masks if train else ex.calib_masks,
                     '--calib-error-deg', str(ex.calib_error_deg),

@@ -29,6 +29,8 @@ ROWS = {  # eval file name -> (row label, figure prefix)
                   'kinematic_trained'),
     'kinematic_all': ('RobotSeg, every frame\'s kinematic mask (no manual label)',
                       'kinematic_all'),
+    'kinematic_24': ('RobotSeg, first-frame kinematic masks, the train set\'s 24 videos only',
+                     'kinematic_24'),
     'supervised': ('fully supervised (every frame truly labelled), upper bound', 'supervised'),
     'no_sema': ('ablation: without SEMA', 'no_sema'),
     'no_rpg': ('ablation: without RPG (random tokens)', 'no_rpg'),
@@ -97,8 +99,10 @@ def collect(runs: Path, sim_sets: Path = DEFAULT_SETS, deployment: list[str] | N
             if train.get('step') is not None:
                 figures[f'{key}_train_steps'] = train['step']
                 figures[f'{key}_labelled_frames'] = train.get('labelled_frames')
-                figures['train_frames'] = train.get('frames')
-                figures['train_videos'] = train.get('videos')
+                figures[f'{key}_train_videos'] = train.get('videos')
+                # the protocol's training set: the first row's (variants may add videos)
+                figures.setdefault('train_frames', train.get('frames'))
+                figures.setdefault('train_videos', train.get('videos'))
             if (rows.get(name) or {}).get('input_hw'):
                 figures['eval_hw'] = rows[name]['input_hw']
     if 'robotseg_stress_jf' in figures:
@@ -141,8 +145,10 @@ def markdown(f: dict[str, Any]) -> str:
     lines = [
         '## RobotSeg: prompt-free robot video segmentation, for the robot you own', '',
         f'Training: {_describe(proto.get("train", {}))}; {f.get("train_videos", "?")} videos '
-        f'({f.get("train_frames", "?")} frames). Deployment sets (the same robot in new '
-        'scenes, light and poses): '
+        f'({f.get("train_frames", "?")} frames)'
+        + (f'; with train_more: {_describe(proto["train_more"])}' if 'train_more' in proto
+           else '')
+        + '. Deployment sets (the same robot in new scenes, light and poses): '
         + '; '.join(f'{s}: {_describe(proto.get(s, {}))}' for s in dep)
         + '. Stress sets (a robot never seen): '
         + ('; '.join(f'{s}: {_describe(proto.get(s, {}))}' for s in stress) or '-')
@@ -153,9 +159,9 @@ def markdown(f: dict[str, Any]) -> str:
         'mask; the kinematic baseline renders every frame from the joint states with the '
         'camera calibration off. Deployment = mean over the deployment sets, s.e. over sets. '
         'Written by `python -m training.robotseg.report`.', '',
-        '| ' + ' | '.join(['model', 'train steps', 'labelled frames', *dep, 'deployment',
-                           's.e.', *stress]) + ' |',
-        '|---' * (5 + len(dep) + len(stress)) + '|']
+        '| ' + ' | '.join(['model', 'train steps', 'videos', 'labelled frames', *dep,
+                           'deployment', 's.e.', *stress]) + ' |',
+        '|---' * (6 + len(dep) + len(stress)) + '|']
     sets = f.get('sets', {})
     for name, (label, key) in ROWS.items():
         if f'{key}_jf' not in f:
@@ -163,7 +169,9 @@ def markdown(f: dict[str, Any]) -> str:
         per = [fmt((sets.get(s, {}).get(name) or {}).get('jf')) for s in [*dep, *stress]]
         steps = '-' if name in BASELINES else f.get(f'{key}_train_steps', '-')
         labelled = '-' if name in BASELINES else f.get(f'{key}_labelled_frames', '-')
-        cells = [label, str(steps), str(labelled), *per[:len(dep)], fmt(f[f'{key}_jf']),
+        videos = '-' if name in BASELINES else f.get(f'{key}_train_videos', '-')
+        cells = [label, str(steps), str(videos), str(labelled), *per[:len(dep)],
+                 fmt(f[f'{key}_jf']),
                  fmt(f.get(f'{key}_jf_se')), *per[len(dep):]]
         lines.append('| ' + ' | '.join(cells) + ' |')
     lines.append('')
