@@ -330,7 +330,18 @@ def test_smoke_train_resume_export_evaluate_report(tmp_path: Path, monkeypatch) 
         (runs / name / 'eval_robotseg.json').write_text(json.dumps(scored))
         half = {**scored, 'JF': scored['JF'] - 0.02}
         (runs / name / 'eval_robotseg_half.json').write_text(json.dumps(half))
-    figures = collect(runs, deployment=['dep_a', 'dep_b'], stress=['stress_s'])
+    for name, exact, calib, frames in (('tr_a', 99.4, 77.2, 720), ('tr_b', 99.9, 76.1, 2160)):
+        (runs / f'masks_{name}.json').write_text(json.dumps(
+            {'iou_exact': exact, 'iou_calib_error': calib, 'frames_scored': frames,
+             'calib_error_deg': 1.0, 'calib_error_cm': 1.0, 'calib_error_draws': 2}))
+    figures = collect(runs, deployment=['dep_a', 'dep_b'], stress=['stress_s'],
+                      training=['tr_a', 'tr_b'])
+    # the mask figures: the lowest over the training sets, each set's kept
+    assert (figures['kinematic_mask_iou'], figures['kinematic_mask_iou_calib_error']) == (
+        99.4, 76.1)
+    assert figures['kinematic_mask_iou_by_set']['tr_b'] == {
+        'iou_exact': 99.9, 'iou_calib_error': 76.1, 'frames': 2160}
+    assert figures['kinematic_mask_calib_error']['frames'] == 2880
     assert figures['robotseg_jf'] == pytest.approx(100 * ev['JF'] + 5.0, abs=0.01)
     assert figures['robotseg_jf_se'] == pytest.approx(5.0, abs=0.01)  # std 7.07 / sqrt 2
     assert figures['unseen_robot_jf'] == pytest.approx(100 * ev['JF'] - 20.0, abs=0.01)
@@ -344,4 +355,5 @@ def test_smoke_train_resume_export_evaluate_report(tmp_path: Path, monkeypatch) 
     assert '<!-- robotseg:begin -->' in md and f'{figures["flow_jf"]:.2f}' in md
     assert '| model | train steps | videos | labelled frames |' in md
     assert '| 5 | 1 | 3 |' in md  # the row's own steps, videos and labelled frames
+    assert 'tr_b: 99.90 / 76.10 % over 2160 frames' in md
     assert js['robotseg']['flow_jf'] == figures['flow_jf']

@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         from .report import collect, write
 
         ex = base.experiment
-        write(collect(root, Path(ex.sim_config), ex.deployment_sets, ex.stress_sets),
+        write(collect(root, Path(ex.sim_config), ex.deployment_sets, ex.stress_sets,
+                      ex.training_sets),
               Path(args.docs))
     if failed:
         log.error('training failed for %s (see <run>/train_log.txt)', failed)
