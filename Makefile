@@ -184,7 +184,7 @@ ROBULT ?= training/configs/robult.yaml
 robult-results: setup  ## Robult vs supervised-only at 10/5% of the recordings labelled, 3 seeds (resumes) -> docs/results
 	OMP_NUM_THREADS=1 $(PY) -m training.robult.experiment --config $(ROBULT)
 
-robotseg-results: setup  ## RobotSeg: sim sets + kinematic masks, 4 variants, flow and kinematic baselines, J&F per set (resumes) -> docs/results, weights/
+robotseg-results: setup  ## RobotSeg: sim sets + kinematic masks, 5 variants, flow and kinematic baselines, J&F per set (resumes) -> docs/results, weights/
 	OMP_NUM_THREADS=1 $(PY) -m training.robotseg.experiment --jobs 2
 	cp runs/robotseg/kinematic/model.safetensors weights/robotseg.safetensors
 
