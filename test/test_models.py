@@ -329,6 +329,16 @@ def test_stage_selector_learns_to_pick_the_informative_source():
     assert gate_a > gate_b + 0.1
 
 
+def _fit(module: torch.nn.Module, steps: int, loss_at) -> None:
+    """Adam (lr 0.02) on `module` for `steps` steps of `loss_at(step)`."""
+    opt = torch.optim.Adam(module.parameters(), lr=0.02)
+    for step in range(steps):
+        loss = loss_at(step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 @pytest.mark.parametrize('told', [False, True])
 def test_stage_selector_told_the_subset_picks_the_seeing_source(told):
     """Both sources look alike (unit Gaussians); which one carries the target depends only on
@@ -352,13 +362,11 @@ def test_stage_selector_told_the_subset_picks_the_seeing_source(told):
             a_t, a_r, _ = sel.coefficients(t, r, ctx)
             return float((a_r / (a_t + a_r)).mean())
 
-    opt = torch.optim.Adam(sel.parameters(), lr=0.02)
-    for step in range(80):
+    def loss_at(step: int) -> torch.Tensor:
         t, r, target, ctx = batch('A' if step % 2 else 'B')
-        loss = torch.nn.functional.mse_loss(sel(t, r, ctx)[0], target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return torch.nn.functional.mse_loss(sel(t, r, ctx)[0], target)
+
+    _fit(sel, 80, loss_at)
     share_a, share_b = robust_share('A'), robust_share('B')
     if told:
         assert share_a > 0.85 and share_b < 0.15
@@ -381,13 +389,11 @@ def test_logit_selector_learns_to_trust_the_confident_correct_source():
         decoded = 0.1 * torch.randn(8, 3, 5, 5, generator=g)
         return ((bad, good) if kind == 'A' else (good, bad)) + (decoded, labels)
 
-    opt = torch.optim.Adam(sel.parameters(), lr=0.02)
-    for step in range(60):
+    def loss_at(step: int) -> torch.Tensor:
         lt, lr, ld, labels = batch('A' if step % 2 else 'B')
-        loss = torch.nn.functional.cross_entropy(sel(lt, lr, ld)[0], labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return torch.nn.functional.cross_entropy(sel(lt, lr, ld)[0], labels)
+
+    _fit(sel, 60, loss_at)
     with torch.no_grad():
         lt, lr, ld, _ = batch('A')
         ga = sel(lt, lr, ld)[1].mean((0, 2, 3))
