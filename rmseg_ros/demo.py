@@ -33,6 +33,7 @@ from rmseg_ros.bag_replay import find_bags
 from rmseg_ros.classes import ClassTable
 from rmseg_ros.config import share_path
 from rmseg_ros.graph import DEFAULT_WEIGHTS
+from rmseg_ros.label_metrics import confusion_shares, iou_per_class
 
 
 def find_bag(root: Path) -> Path:
@@ -167,12 +168,10 @@ def score_labels(predicted: dict[int, np.ndarray], truth: dict[int, np.ndarray],
         valid = (true != ignore_index) & (true < k) & (pred < k)
         conf += np.bincount(true[valid].astype(np.int64) * k + pred[valid],
                             minlength=k * k).reshape(k, k)
-    present = [i for i in range(k) if conf[i].sum() > 0]
-    tp = np.diag(conf)
-    union = conf.sum(0) + conf.sum(1) - tp
-    iou = {names[i]: round(100.0 * float(tp[i]) / float(union[i]), 2) for i in present}
-    shares = {names[i]: {names[j]: round(100.0 * float(conf[i, j]) / float(conf[i].sum()), 1)
-                         for j in range(k) if conf[i, j]} for i in present}
+    per_class = iou_per_class(conf)
+    iou = {names[i]: round(100.0 * float(per_class[i]), 2) for i in range(k) if conf[i].sum()}
+    shares = {c: {p: v for j, (p, v) in enumerate(row.items()) if conf[names.index(c), j]}
+              for c, row in confusion_shares(names, conf.tolist()).items()}
     return {'frames': len(common), 'miou': round(float(np.mean(list(iou.values()))), 2),
             'class_iou': iou, 'predicted_as_pct': shares}
 

@@ -37,11 +37,12 @@ from tqdm import tqdm
 
 from rmseg_ros.config import from_dict
 from rmseg_ros.frontend.preprocess import FrontendConfig, normalize_rgb
+from rmseg_ros.label_metrics import confusion_shares, iou_per_class
 from rmseg_ros.modalities import INDEX, MODALITIES, all_subsets, presence_from_names, subset_name
 from training import failures
 from training.data import tensor_failures
 from training.data.tensor_failures import TENSOR_FAILURES
-from training.results import confusion_markdown, confusion_shares
+from training.results import confusion_markdown
 
 log = logging.getLogger('rmseg-train.evaluate')
 
@@ -72,15 +73,6 @@ def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int,
     idx = labels[valid].long() * num_classes + pred[valid].long()
     return torch.bincount(idx.cpu(), minlength=num_classes * num_classes).reshape(
         num_classes, num_classes)
-
-
-def iou_per_class(cm: torch.Tensor | np.ndarray) -> np.ndarray:
-    """IoU per class; NaN for a class absent from both ground truth and prediction."""
-    cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diag(cm)
-    denom = cm.sum(0) + cm.sum(1) - tp
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return np.where(denom > 0, tp / denom, np.nan)
 
 
 def mean_iou(cm: torch.Tensor | np.ndarray) -> float:

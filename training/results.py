@@ -125,14 +125,6 @@ def draw_curve_panels(panels: dict[str, list[tuple[str, Curve]]], path: Path) ->
     return bool(cv2.imwrite(str(path), img))
 
 
-def confusion_shares(classes: Sequence[str], cm: Sequence[Sequence[int]]
-                     ) -> dict[str, dict[str, float]]:
-    """true class -> predicted class -> % of the true class's pixels (1 decimal), for the rows
-    of a confusion matrix that have pixels."""
-    return {c: {p: round(100.0 * v / sum(row), 1) for p, v in zip(classes, row, strict=True)}
-            for c, row in zip(classes, cm, strict=True) if sum(row)}
-
-
 def confusion_markdown(classes: Sequence[str], shares: dict[str, dict[str, float]]) -> str:
     """`confusion_shares` as a Markdown table; classes without pixels get '-'."""
     lines = ['| true \\ predicted | ' + ' | '.join(classes) + ' |',

@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
+from rmseg_ros.label_metrics import confusion_shares
 from rmseg_ros.modalities import all_subsets, subset_name
 from training.results import (
     confusion_markdown,
-    confusion_shares,
     draw_curve_panels,
     last_fifth_change,
     mean_se,
