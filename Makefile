@@ -19,7 +19,7 @@ export PYTHONPATH := $(CURDIR)
 COLCON := $(VENV)/bin/colcon --log-base log
 COLCON_COMMON := --paths . --build-base build --install-base install
 
-.PHONY: help setup build test test-slow lint bench demo data data-extra demo-bag weights results teacher-long robult-results robotseg-results rss-results clean
+.PHONY: help setup build test test-slow lint bench demo data data-extra demo-bag weights results teacher-half teacher-long robult-results robotseg-results robotseg-long rss-results clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -171,13 +171,18 @@ $(RUNS)/seed%/eval_fsm_end_val/eval.json: $(RUNS)/seed%/fsm/model.safetensors
 results: setup $(if $(HELDOUT),$(RUNS)/eval_heldout/eval.json) $(RUNS)/eval_fsm_train/eval.json $(RUNS)/eval_teacher/eval.json $(foreach s,$(SEEDS),$(RUNS)/seed$(s)/eval_robust/eval.json $(RUNS)/seed$(s)/eval_dropout/eval.json $(RUNS)/seed$(s)/eval_fsm/eval.json $(RUNS)/seed$(s)/eval_dropout_at_robust/eval.json) $(foreach s,$(SEEDS),$(RUNS)/seed$(s)/eval_fsm_half_val/eval.json $(RUNS)/seed$(s)/eval_fsm_end_val/eval.json)  ## evaluate the RMMSS models on the test split -> docs/results (per-class tables, seeds' mean and s.e.)
 	$(PY) -m training.rmmss.report --runs $(RUNS) --seeds $(SEEDS) --docs docs
 
-# Convergence check of the teacher: the same run (seed, data, schedule shape) with twice its steps,
-# scored on the test split; not distilled from. `make results` reports it when it exists.
-TEACHER_LONG_STEPS ?= 8000
+# Convergence checks of the teacher: the same run (seed, data, schedule shape) with half and with
+# twice its steps (the config's stages.teacher run.steps), scored on the test split; not distilled
+# from. `make results` reports each one that exists.
+TEACHER_HALF_STEPS ?= 4000
+TEACHER_LONG_STEPS ?= 16000
+$(RUNS)/teacher_half/model.safetensors:
+	$(TRAIN) teacher --config $(RMMSS) --out $(RUNS)/teacher_half $(TRAIN_OPTS) --steps $(TEACHER_HALF_STEPS)
 $(RUNS)/teacher_long/model.safetensors:
 	$(TRAIN) teacher --config $(RMMSS) --out $(RUNS)/teacher_long $(TRAIN_OPTS) --steps $(TEACHER_LONG_STEPS)
-$(RUNS)/eval_teacher_long/eval.json: $(RUNS)/teacher_long/model.safetensors
+$(RUNS)/eval_teacher_%/eval.json: $(RUNS)/teacher_%/model.safetensors
 	$(EVAL) --checkpoint $< --out $(@D) $(FAST_CASES)
+teacher-half: setup $(RUNS)/eval_teacher_half/eval.json  ## the teacher at half its steps (convergence check) -> `make results` reports it
 teacher-long: setup $(RUNS)/eval_teacher_long/eval.json  ## the teacher at twice its steps (convergence check) -> `make results` reports it
 
 ROBULT ?= training/configs/robult.yaml
@@ -187,6 +192,9 @@ robult-results: setup  ## Robult vs supervised-only at 10/5% of the recordings l
 robotseg-results: setup  ## RobotSeg: sim sets + kinematic masks, 5 variants, flow and kinematic baselines, J&F per set (resumes) -> docs/results, weights/
 	OMP_NUM_THREADS=1 $(PY) -m training.robotseg.experiment --jobs 2
 	cp runs/robotseg/kinematic/model.safetensors weights/robotseg.safetensors
+robotseg-long: setup  ## RobotSeg convergence check: the true-mask and kinematic variants at 16000 steps (~1 h each on a core) -> docs/results
+	OMP_NUM_THREADS=1 $(PY) -m training.robotseg.experiment --variants robotseg_long kinematic_long --jobs 2 --no-data --no-report
+	$(PY) -m training.robotseg.report --docs docs
 
 rss-results: setup  ## RSS ablation (Tables 1-4, headline rows 3 seeds, 2 rows at once, resumes) -> docs/results
 	OMP_NUM_THREADS=1 $(PY) -m training.rss.ablation --budget training/configs/rss_ablation.yaml --jobs 2

@@ -154,20 +154,26 @@ def test_report_pairs_hpdm_with_the_dropout_baseline_at_equal_steps(tmp_path):
     assert 'at the same steps (what distillation adds), 15-subset mean: 0.50 ± 0.50' in md
 
 
-def test_report_sets_a_longer_teacher_beside_the_one_distilled_from(tmp_path):
+def test_report_sets_the_teacher_at_other_steps_beside_the_one_distilled_from(tmp_path):
     runs = _runs(tmp_path)
     _write(runs / 'eval_teacher_long' / 'eval.json', _eval(0.33))
     _write(runs / 'teacher_long' / 'config.yaml', 'run: {steps: 246}\n')
     _write(runs / 'teacher_long' / 'metrics.jsonl', '\n'.join(json.dumps(
         {'split': 'val', 'step': s, 'miou_mean': v}) for s, v in
         ((100, 0.2), (190, 0.43), (246, 0.43))) + '\n')
+    _write(runs / 'eval_teacher_half' / 'eval.json', _eval(0.29))
+    _write(runs / 'teacher_half' / 'config.yaml', 'run: {steps: 61}\n')
     docs = tmp_path / 'docs'
     assert report.main(['--runs', str(runs), '--docs', str(docs), '--seeds', '0', '1', '2']) == 0
     fig = json.loads((docs / 'results.json').read_text())['rmmss']
     assert fig['teacher_long_full_miou'] == 47.0 and fig['teacher_long_train_steps'] == 246
     assert fig['teacher_long_minus_teacher'] == {'full_miou': pytest.approx(3.0),
                                                  'subset_mean': pytest.approx(3.0)}
+    assert fig['teacher_half_train_steps'] == 61
+    assert fig['teacher_half_minus_teacher']['full_miou'] == pytest.approx(-1.0)
     assert fig['val_last_fifth_change']['teacher long'] == pytest.approx(0.0)
     md = (docs / 'results.md').read_text()
     assert 'Teacher with 246 steps - with 123' in md and 'full_miou +3.00' in md
+    assert 'Teacher with 61 steps - with 123' in md and 'full_miou -1.00' in md
     assert md.count('| teacher, twice the steps') == 1
+    assert md.count('| teacher, half the steps') == 1

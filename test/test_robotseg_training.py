@@ -216,12 +216,21 @@ def test_variants_differ_only_where_they_say() -> None:
                               ('supervised', 'data.labels', 'all'),
                               ('kinematic', 'data.robot_masks', 'labels_kin'),
                               ('kinematic_all', 'data.robot_masks', 'labels_kin'),
-                              ('kinematic_24', 'data.robot_masks', 'labels_kin')]:
+                              ('kinematic_24', 'data.robot_masks', 'labels_kin'),
+                              ('kinematic_long', 'data.robot_masks', 'labels_kin'),
+                              ('robotseg_long', 'run.steps', 16000)]:
         _cfg, resolved = load_config(None, name)
         section, key = path.split('.')
         assert resolved[section][key] == value
         assert resolved['optim'] == rb['optim']
-        assert resolved['run'] == rb['run'] or name == 'kinematic_24'
+        assert resolved['run'] == rb['run'] or name in ('kinematic_24', 'kinematic_long',
+                                                        'robotseg_long')
+    for name, shorter in (('robotseg_long', 'robotseg'), ('kinematic_long', 'kinematic')):
+        (longer, a), (_, b) = load_config(None, name), load_config(None, shorter)
+        assert {k: v for k, v in a.items() if k not in ('run', 'variant')} == {
+            k: v for k, v in b.items() if k not in ('run', 'variant')}
+        assert longer.run.steps // 2 >= longer.run.steps - (
+            longer.run.keep_checkpoints - 1) * longer.run.ckpt_every  # its half is kept
     kin, _ = load_config(None, 'kinematic')
     few, _ = load_config(None, 'kinematic_24')
     assert kin.data.train == [*few.data.train, 'data/robotseg/train_more/*/scene_*']
@@ -330,6 +339,8 @@ def test_smoke_train_resume_export_evaluate_report(tmp_path: Path, monkeypatch) 
         (runs / name / 'eval_robotseg.json').write_text(json.dumps(scored))
         half = {**scored, 'JF': scored['JF'] - 0.02}
         (runs / name / 'eval_robotseg_half.json').write_text(json.dumps(half))
+        longer = {**scored, 'JF': scored['JF'] + 0.01, 'train': {'step': 8}}
+        (runs / name / 'eval_robotseg_long.json').write_text(json.dumps(longer))
     for name, exact, calib, frames in (('tr_a', 99.4, 77.2, 720), ('tr_b', 99.9, 76.1, 2160)):
         (runs / f'masks_{name}.json').write_text(json.dumps(
             {'iou_exact': exact, 'iou_calib_error': calib, 'frames_scored': frames,
@@ -349,6 +360,7 @@ def test_smoke_train_resume_export_evaluate_report(tmp_path: Path, monkeypatch) 
         figures['robotseg_jf'] - figures['flow_jf'], abs=0.02)
     assert figures['robotseg_train_steps'] == 5 and figures['robotseg_train_videos'] == 1
     assert figures['robotseg_second_half_change'] == pytest.approx(2.0, abs=0.01)
+    assert figures['robotseg_long_minus_robotseg'] == pytest.approx(1.0, abs=0.01)
     write(figures, tmp_path / 'docs')
     md = (tmp_path / 'docs' / 'results.md').read_text()
     js = json.loads((tmp_path / 'docs' / 'results.json').read_text())
@@ -356,4 +368,5 @@ def test_smoke_train_resume_export_evaluate_report(tmp_path: Path, monkeypatch) 
     assert '| model | train steps | videos | labelled frames |' in md
     assert '| 5 | 1 | 3 |' in md  # the row's own steps, videos and labelled frames
     assert 'tr_b: 99.90 / 76.10 % over 2160 frames' in md
+    assert 'robotseg_long 8 vs 5 steps +1.00' in md
     assert js['robotseg']['flow_jf'] == figures['flow_jf']

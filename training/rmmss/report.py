@@ -35,6 +35,8 @@ from training.results import (
 SECTION = 'rmmss'
 MODELS = {  # run name -> (row label, key prefix in results.json)
     'teacher': ('teacher (all modalities, class-weighted OHEM CE)', 'teacher'),
+    'teacher_half': ('teacher, half the steps (convergence check; not distilled from)',
+                     'teacher_half'),
     'teacher_long': ('teacher, twice the steps (convergence check; not distilled from)',
                      'teacher_long'),
     'dropout': ('dropout-only baseline, compute-matched (robust + FSM steps)', 'dropout'),
@@ -44,7 +46,8 @@ MODELS = {  # run name -> (row label, key prefix in results.json)
                           'dropout_equal'),
 }
 SEEDED = ('robust', 'dropout', 'fsm', 'dropout_at_robust')
-TEACHERS = ('teacher', 'teacher_long')
+TEACHERS = ('teacher', 'teacher_half', 'teacher_long')
+CONVERGENCE_RUNS = ('teacher_half', 'teacher_long')  # the teacher's run at other step counts
 CLASS_SUBSETS = ('RDLE', 'R', 'D')
 CURVE_FILE = 'rmmss_curves.png'
 
@@ -131,7 +134,7 @@ def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
     figures: dict[str, Any] = {'seeds': list(seeds)}
     per_seed: dict[str, list[dict[str, Any]]] = {m: [] for m in SEEDED}
     curves: dict[str, list[tuple[int, float]]] = {}
-    for run in TEACHERS:  # one seed each; teacher_long: the same run with twice the steps
+    for run in TEACHERS:  # one seed each; the convergence runs: the same run at other steps
         teacher_eval = runs / f'eval_{run}' / 'eval.json'
         if teacher_eval.exists():
             t = _eval_figures(json.loads(teacher_eval.read_text()))
@@ -209,12 +212,13 @@ def collect(runs: Path, seeds: list[int]) -> dict[str, Any]:
     if 'fsm_full_miou' in figures and 'teacher_full_miou' in figures:
         figures['fsm_minus_teacher_full_miou'] = round(
             figures['fsm_full_miou'] - figures['teacher_full_miou'], 2)
-    if 'teacher_long_full_miou' in figures and 'teacher_full_miou' in figures:
-        figures['teacher_long_minus_teacher'] = {
-            fig: round(figures[f'teacher_long_{fig}'] - figures[f'teacher_{fig}'], 2)
-            for fig in ('full_miou', 'subset_mean')
-            if figures.get(f'teacher_long_{fig}') is not None
-            and figures.get(f'teacher_{fig}') is not None}
+    for run in CONVERGENCE_RUNS:
+        if f'{run}_full_miou' in figures and 'teacher_full_miou' in figures:
+            figures[f'{run}_minus_teacher'] = {
+                fig: round(figures[f'{run}_{fig}'] - figures[f'teacher_{fig}'], 2)
+                for fig in ('full_miou', 'subset_mean')
+                if figures.get(f'{run}_{fig}') is not None
+                and figures.get(f'teacher_{fig}') is not None}
     figures['val_last_fifth_change'] = {name: last_fifth_change(c) for name, c in curves.items()
                                         if c}
     gap = hpdm_minus_dropout_by_step(curves, seeds)
@@ -284,12 +288,13 @@ def markdown(figures: dict[str, Any]) -> str:
     if 'fsm_minus_teacher_full_miou' in figures:
         lines.append(f'FSM - teacher, all modalities: '
                      f'{figures["fsm_minus_teacher_full_miou"]:+.2f} points.')
-    if figures.get('teacher_long_minus_teacher'):
-        d = figures['teacher_long_minus_teacher']
-        lines.append(f'Teacher with {figures.get("teacher_long_train_steps", "?")} steps - with '
-                     f'{figures.get("teacher_train_steps", "?")} (same seed, data and schedule '
-                     'shape): ' + ', '.join(f'{fig} {v:+.2f}' for fig, v in d.items())
-                     + ' points.')
+    for run in CONVERGENCE_RUNS:
+        if figures.get(f'{run}_minus_teacher'):
+            d = figures[f'{run}_minus_teacher']
+            lines.append(f'Teacher with {figures.get(f"{run}_train_steps", "?")} steps - with '
+                         f'{figures.get("teacher_train_steps", "?")} (same seed, data and '
+                         'schedule shape): ' + ', '.join(f'{fig} {v:+.2f}' for fig, v in d.items())
+                         + ' points.')
     classes = list(next((figures[f'{k}_class_iou'] for _, _, k in present), {}))
     for subset, title in (('RDLE', 'all modalities'), ('R', 'RGB alone'),
                           ('D', 'depth alone')):

@@ -31,6 +31,10 @@ ROWS = {  # eval file name -> (row label, figure prefix)
                       'kinematic_all'),
     'kinematic_24': ('RobotSeg, first-frame kinematic masks, the train set\'s 24 videos only',
                      'kinematic_24'),
+    'robotseg_long': ('RobotSeg, first-frame true masks, 1.6x the steps (convergence check)',
+                      'robotseg_long'),
+    'kinematic_long': ('RobotSeg, first-frame kinematic masks, 1.6x the steps (convergence '
+                       'check)', 'kinematic_long'),
     'supervised': ('fully supervised (every frame truly labelled), upper bound', 'supervised'),
     'no_sema': ('ablation: without SEMA', 'no_sema'),
     'no_rpg': ('ablation: without RPG (random tokens)', 'no_rpg'),
@@ -39,6 +43,7 @@ ROWS = {  # eval file name -> (row label, figure prefix)
     'kinematic_calib': ('baseline: kinematic masks, camera calibration off', 'kinematic_calib'),
 }
 BASELINES = ('flow', 'kinematic_calib')  # given something at test time; RobotSeg gets nothing
+LONGER = {'robotseg_long': 'robotseg', 'kinematic_long': 'kinematic_trained'}  # -> its run
 
 
 def _pct(v: float | None) -> float | None:
@@ -118,6 +123,10 @@ def collect(runs: Path, sim_sets: Path = DEFAULT_SETS, deployment: list[str] | N
     if 'robotseg_jf' in figures and 'kinematic_trained_jf' in figures:
         figures['kinematic_minus_true_masks'] = round(
             figures['kinematic_trained_jf'] - figures['robotseg_jf'], 2)
+    for longer, key in LONGER.items():  # convergence: the same run with more steps
+        if f'{longer}_jf' in figures and f'{key}_jf' in figures:
+            figures[f'{longer}_minus_{key}'] = round(figures[f'{longer}_jf']
+                                                     - figures[f'{key}_jf'], 2)
     masks = {name: json.loads((runs / f'masks_{name}.json').read_text()) for name in training
              if (runs / f'masks_{name}.json').exists()}
     if masks:
@@ -207,6 +216,12 @@ def markdown(f: dict[str, Any]) -> str:
     if changes:
         lines.append('Convergence, deployment J&F at the end minus half-way through the same '
                      'run: ' + '; '.join(changes) + '.')
+    longer = [f'{key} {f[f"{key}_train_steps"]} vs {f[f"{base}_train_steps"]} steps '
+              f'{f[f"{key}_minus_{base}"]:+.2f}' for key, base in LONGER.items()
+              if f'{key}_minus_{base}' in f]
+    if longer:
+        lines.append('Convergence, deployment J&F of the same variant trained longer minus '
+                     'the row above: ' + '; '.join(longer) + '.')
     if 'kinematic_mask_iou' in f:
         c = f.get('kinematic_mask_calib_error') or {}
         ok = f['kinematic_mask_iou'] >= 95
