@@ -9,7 +9,9 @@ class colour legend), timeline.jsonl (per diagnostics tick: subset used, missing
 states, latency) and summary.json (rates, latency, subsets used, frames). When the recording
 has ground truth (the simulator's labels/semantic), summary.json also scores the published
 labels against it frame by frame (`against_labels`: per-class IoU and where each class's
-pixels went), so "what is still wrong" in the montage has numbers.
+pixels went), and, for a simulator recording, separately over each injected failure's stretch of
+frames and the rest (`against_labels_by_stretch`), so "what is still wrong" in the montage has
+numbers.
 """
 
 from __future__ import annotations
@@ -176,6 +178,39 @@ def score_labels(predicted: dict[int, np.ndarray], truth: dict[int, np.ndarray],
             'class_iou': iou, 'predicted_as_pct': shares}
 
 
+def failure_stretches(bag: Path) -> dict[str, tuple[int, int]]:
+    """Frame ranges [first, stop) of the failures the simulator injected into `bag`, from the
+    manifest.json of the render it belongs to ({} for other recordings). A failure over the whole
+    recording (e.g. LiDAR gaps placed anywhere in it) names no stretch and is left out."""
+    for folder in list(bag.resolve().parents)[:3]:
+        manifest = folder / 'manifest.json'
+        if not manifest.is_file():
+            continue
+        for scene in json.loads(manifest.read_text()).get('scenes', []):
+            if Path(scene.get('path', '')).name != bag.name:
+                continue
+            return {f['name']: (int(f['frames'][0]), int(f['frames'][1]))
+                    for f in scene.get('failures', [])
+                    if [int(v) for v in f['frames']] != [0, int(scene['frames'])]}
+    return {}
+
+
+def score_by_stretch(predicted: dict[int, np.ndarray], truth: dict[int, np.ndarray],
+                     names: list[str] | tuple[str, ...], stretches: dict[str, tuple[int, int]]
+                     ) -> dict[str, dict[str, Any]]:
+    """score_labels over each stretch of frames (frame k = the k-th ground-truth stamp) and over
+    the frames in none ('other frames'): what a failure costs, apart from the rest."""
+    order = sorted(truth)
+    groups = {name: set(order[a:b]) for name, (a, b) in stretches.items()}
+    groups['other frames'] = set(order).difference(*groups.values())
+    out = {}
+    for name, stamps in groups.items():
+        scored = score_labels({k: v for k, v in predicted.items() if k in stamps}, truth, names)
+        if scored is not None:
+            out[name] = scored
+    return out
+
+
 def _num(text: Any) -> float | None:
     try:
         return round(float(text), 3)
@@ -285,10 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(out, bag, time.monotonic() - t0)
     summary['bringup_status'] = status
     if (out / 'bag').exists():
-        scored = score_labels(read_label_images(out / 'bag', '/perception/labels'),
-                              read_label_images(bag, opts.truth_topic), ClassTable.load().names)
+        names = ClassTable.load().names
+        published = read_label_images(out / 'bag', '/perception/labels')
+        truth = read_label_images(bag, opts.truth_topic)
+        scored = score_labels(published, truth, names)
         if scored is not None:
             summary['against_labels'] = scored
+            stretches = failure_stretches(bag)
+            if stretches:  # e.g. the under-exposed stretch, where the node drops RGB
+                summary['against_labels_by_stretch'] = score_by_stretch(published, truth, names,
+                                                                        stretches)
     (out / 'summary.json').write_text(json.dumps(summary, indent=1) + '\n')
     print(json.dumps(summary, indent=1))
     if status != 0 or summary['overlays'] == 0:
@@ -300,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f'[demo] against the recording\'s {opts.truth_topic} ({scored["frames"]} frames): '
               f'mIoU {scored["miou"]:.1f}; ' + ', '.join(
                   f'{c} {v:.1f}' for c, v in scored['class_iou'].items()))
+        for name, part in summary.get('against_labels_by_stretch', {}).items():
+            print(f'[demo]   {name} ({part["frames"]} frames): ' + ', '.join(
+                f'{c} {v:.1f}' for c, v in part['class_iou'].items()))
     print(f'[demo] wrote {out}/ (bag/ = every output as rosbag2 mcap, overlay.avi, '
           'montage.png, timeline.jsonl, summary.json)')
     return 0

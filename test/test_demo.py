@@ -14,7 +14,7 @@ from rig_bag import write_rig_bag
 from rosbags.highlevel import AnyReader
 
 from rmseg_ros.classes import ClassTable
-from rmseg_ros.demo import legend, score_labels
+from rmseg_ros.demo import failure_stretches, legend, score_by_stretch, score_labels
 
 IMAGES = ('labels', 'color_mask', 'overlay', 'confidence')
 
@@ -35,6 +35,28 @@ def test_score_labels_matches_frames_by_stamp_and_counts_where_pixels_went():
     half = {20: np.full((1, 2), 1, np.uint8)}
     assert score_labels(half, truth, names)['class_iou'] == {'wall': 100.0}
     assert score_labels(pred, {99: truth[10]}, names) is None
+
+
+def test_demo_scores_each_injected_failure_stretch_apart_from_the_rest(tmp_path):
+    bag = tmp_path / 'demo' / 'test' / 'scene_000007'
+    bag.mkdir(parents=True)
+    (tmp_path / 'demo' / 'manifest.json').write_text(json.dumps({'scenes': [
+        {'path': 'elsewhere/scene_000003', 'frames': 6, 'failures': [
+            {'name': 'motion_blur', 'frames': [0, 2]}]},
+        {'path': 'data/demo/test/scene_000007', 'frames': 6, 'failures': [
+            {'name': 'under_exposure', 'frames': [2, 4]},
+            {'name': 'drop', 'frames': [0, 6]}]}]}))  # gaps anywhere: no stretch
+    stretches = failure_stretches(bag)
+    assert stretches == {'under_exposure': (2, 4)}
+    assert failure_stretches(tmp_path) == {}  # no manifest above it
+    names = ['floor', 'mug']
+    truth = {100 + k: np.ones((1, 2), np.uint8) for k in range(6)}  # frame k at stamp 100 + k
+    pred = {s: (np.zeros if s in (102, 103) else np.ones)((1, 2), np.uint8) for s in truth}
+    parts = score_by_stretch(pred, truth, names, stretches)
+    assert parts['under_exposure']['frames'] == 2  # stop is exclusive: frames 2 and 3
+    assert parts['under_exposure']['class_iou'] == {'mug': 0.0}
+    assert parts['other frames']['frames'] == 4
+    assert parts['other frames']['class_iou'] == {'mug': 100.0}
 
 
 @pytest.mark.ros
