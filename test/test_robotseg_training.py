@@ -368,5 +368,5 @@ def test_smoke_train_resume_export_evaluate_report(tmp_path: Path, monkeypatch) 
     assert '| model | train steps | videos | labelled frames |' in md
     assert '| 5 | 1 | 3 |' in md  # the row's own steps, videos and labelled frames
     assert 'tr_b: 99.90 / 76.10 % over 2160 frames' in md
-    assert 'robotseg_long 8 vs 5 steps +1.00' in md
+    assert 'robotseg_long (8 steps) - robotseg (5): +1.00' in md
     assert js['robotseg']['flow_jf'] == figures['flow_jf']

@@ -216,12 +216,12 @@ def markdown(f: dict[str, Any]) -> str:
     if changes:
         lines.append('Convergence, deployment J&F at the end minus half-way through the same '
                      'run: ' + '; '.join(changes) + '.')
-    longer = [f'{key} {f[f"{key}_train_steps"]} vs {f[f"{base}_train_steps"]} steps '
-              f'{f[f"{key}_minus_{base}"]:+.2f}' for key, base in LONGER.items()
-              if f'{key}_minus_{base}' in f]
+    longer = [f'{key} ({f.get(f"{key}_train_steps", "?")} steps) - {base} '
+              f'({f.get(f"{base}_train_steps", "?")}): {f[f"{key}_minus_{base}"]:+.2f}'
+              for key, base in LONGER.items() if f'{key}_minus_{base}' in f]
     if longer:
-        lines.append('Convergence, deployment J&F of the same variant trained longer minus '
-                     'the row above: ' + '; '.join(longer) + '.')
+        lines.append('Convergence, deployment J&F of a variant trained longer minus the same '
+                     'variant at the table\'s budget: ' + '; '.join(longer) + '.')
     if 'kinematic_mask_iou' in f:
         c = f.get('kinematic_mask_calib_error') or {}
         ok = f['kinematic_mask_iou'] >= 95
