@@ -53,8 +53,10 @@ lint: setup  ## ruff + mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-bench: setup  ## every benchmark script, one figure per line
-	@for b in bench/*.py; do echo "# $$b"; TQDM_DISABLE=1 $(PY) $$b; done
+# RECORD=1: each script through bench/record.py, which keeps its figures in docs/results.{json,md}
+BENCH_SCRIPTS = $(filter-out bench/record.py bench/timing.py,$(wildcard bench/*.py))
+bench: setup  ## every benchmark script, one figure per line (RECORD=1: also into docs/results); on a quiet machine
+	@for b in $(BENCH_SCRIPTS); do echo "# $$b"; TQDM_DISABLE=1 $(PY) $(if $(RECORD),bench/record.py) $$b; done
 
 # The default data set (deterministic from the seeds; regenerated, never committed).
 DATA ?= data
