@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.results import write_section
 
 SECTION = 'bench'
-FIGURE_RE = re.compile(r'^([a-z][a-z0-9_]*): (-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)'
+FIGURE_RE = re.compile(r'^([A-Za-z][A-Za-z0-9_]*): (-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)'
                        r'(?: (.*))?$')
 
 

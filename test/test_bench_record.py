@@ -19,12 +19,14 @@ def test_parse_figures_keeps_figure_lines_only():
            'robotseg_params_m: 0.278 M\n'
            'train_loop_efficiency: 0.945\n'
            'tiny_ms: 1e-3 ms\n'
+           'fresh_F20_rate_hz: 30.0 Hz\n'
            'error: nothing measured\n')
     assert parse_figures(out) == {
         'robotseg_frame_ms': {'value': 21.59, 'unit': 'ms'},
         'robotseg_params_m': {'value': 0.278, 'unit': 'M'},
         'train_loop_efficiency': {'value': 0.945, 'unit': ''},
-        'tiny_ms': {'value': 0.001, 'unit': 'ms'}}
+        'tiny_ms': {'value': 0.001, 'unit': 'ms'},
+        'fresh_F20_rate_hz': {'value': 30.0, 'unit': 'Hz'}}
 
 
 def _script(path: Path, body: str) -> str:
@@ -55,6 +57,6 @@ def test_record_keeps_each_script_and_writes_nothing_for_a_failed_one(tmp_path):
     assert set(after) == {Path(first).as_posix(), Path(second).as_posix()}
 
 
-@pytest.mark.parametrize('line', ['a_ms: fast ms', 'A_ms: 1 ms', 'a_ms 1 ms'])
+@pytest.mark.parametrize('line', ['a_ms: fast ms', '_ms: 1 ms', 'a_ms 1 ms', '# a_ms: 1 ms'])
 def test_parse_figures_rejects_lines_not_of_the_contract(line):
     assert parse_figures(line) == {}
