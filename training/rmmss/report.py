@@ -46,8 +46,8 @@ MODELS = {  # run name -> (row label, key prefix in results.json)
                           'dropout_equal'),
 }
 SEEDED = ('robust', 'dropout', 'fsm', 'dropout_at_robust')
-TEACHERS = ('teacher', 'teacher_half', 'teacher_long')
 CONVERGENCE_RUNS = ('teacher_half', 'teacher_long')  # the teacher's run at other step counts
+TEACHERS = ('teacher', *CONVERGENCE_RUNS)
 CLASS_SUBSETS = ('RDLE', 'R', 'D')
 CURVE_FILE = 'rmmss_curves.png'
 
